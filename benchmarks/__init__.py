@@ -1,0 +1,1 @@
+"""Throughput and scaling programs; results are recorded in benchmarks/RESULTS.md."""

@@ -1,0 +1,37 @@
+"""User-facing errors: one clear line, a non-zero exit, no traceback.
+
+Programs raise `UserError` (or a subclass) for bad input they can name: a missing file, an
+unreadable video, a foreign folder passed as a faceset. `cli_main` turns it into `error: ...` on
+stderr and exit code 2, so scripts can tell bad input from crashes.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+from absl import app
+
+
+class UserError(Exception):
+    """Bad input or environment, explained in one line that names the file and what is wrong."""
+
+
+def cli_main(main: Callable[[Sequence[str]], None]) -> Callable[[Sequence[str]], None]:
+    """Wraps an absl `main(argv)` so a UserError prints one line and exits with status 2."""
+
+    def wrapped(argv: Sequence[str]) -> None:
+        try:
+            main(argv)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapped
+
+
+def run_app(main: Callable[[Sequence[str]], None]) -> None:
+    """Entry point used by `python -m ...` and the console scripts."""
+    app.run(cli_main(main))
