@@ -1,0 +1,205 @@
+"""Extraction as a library: a video, an image folder or one image -> a resumable faceset.
+
+Flow: the main thread decodes frames in order and hands them to a pool of detector threads (OpenCV's
+dnn and image functions release the GIL, so threads run in parallel without copying frames between
+processes); results come back in frame order; the main thread optionally smooths landmarks over
+time, builds the per-face records (alignment, crop, masks, pose, sharpness) and feeds the single
+faceset writer, which commits whole shards. A rerun of the same command resumes from the writer's
+committed progress.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import shutil
+import threading
+import time
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from preprocessing.debug_draw import draw_debug
+from preprocessing.detect import DetectedFace, create_detector
+from preprocessing.errors import UserError
+from preprocessing.face_record import face_record, stack_records
+from preprocessing.face_types import FaceType
+from preprocessing.faceset import FacesetWriter
+from preprocessing.images import open_source
+from preprocessing.landmark_tracks import LandmarkTracks
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ExtractOptions:
+    face_type: FaceType = FaceType.WHOLE_FACE
+    size: int = 256
+    detector: str = "blazeface"
+    jobs: int = 0  # 0 = one detector thread per CPU core
+    debug_dir: str | None = None
+    min_face_size: float = 32.0
+    max_faces: int = 0  # 0 = all faces of a frame
+    tiles: str = "auto"
+    smooth_landmarks: bool = False
+    overwrite: bool = False
+    shard_faces: int = 256
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class ExtractSummary:
+    output: str
+    frames: int  # frames processed in this run
+    faces: int  # faces written in this run
+    total_faces: int  # faces in the faceset
+    frames_without_face: int
+    seconds: float
+    resumed_from: int  # first frame processed in this run
+
+    def line(self) -> str:
+        fps = self.frames / self.seconds if self.seconds > 0 else 0.0
+        resumed = f", resumed at frame {self.resumed_from}" if self.resumed_from else ""
+        return (
+            f"extracted {self.faces} faces from {self.frames} frames in {self.seconds:.1f}s "
+            f"({fps:.1f} frames/s{resumed}); {self.frames_without_face} frames without a face; "
+            f"faceset {self.output} holds {self.total_faces} faces"
+        )
+
+
+def _prepare_output(output: str, overwrite: bool) -> bool:
+    """Returns True when `output` already holds a faceset (so the writer resumes it)."""
+    manifest = os.path.join(output, "manifest.json")
+    if os.path.isfile(manifest):
+        if not overwrite:
+            return True
+        shutil.rmtree(output)  # only a folder that is a faceset is ever removed
+        return False
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UserError(f"{output}: exists and is not a folder")
+    if os.path.isdir(output) and os.listdir(output):
+        raise UserError(f"{output}: folder is not empty and holds no faceset; choose another --output")
+    return False
+
+
+class _DetectorPool:
+    """One detector per worker thread, built lazily in the thread that uses it."""
+
+    def __init__(self, opts: ExtractOptions):
+        self._opts = opts
+        self._local = threading.local()
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        det = getattr(self._local, "detector", None)
+        if det is None:
+            options = {"min_face_size": self._opts.min_face_size, "max_faces": self._opts.max_faces}
+            if self._opts.detector == "blazeface":
+                options["tiles"] = self._opts.tiles
+            det = self._local.detector = create_detector(self._opts.detector, **options)
+        return det.detect(image)
+
+
+def _ordered_detections(
+    frames: Iterator[tuple[int, float | None, np.ndarray | None]], pool: _DetectorPool, jobs: int
+) -> Iterator[tuple[int, float | None, np.ndarray | None, list[DetectedFace] | None]]:
+    """Runs detection on a bounded window of frames in parallel, yielding results in frame order.
+
+    A frame whose detection raises is yielded with None (a warning and a skip, not a crash).
+    """
+    window: collections.deque = collections.deque()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as ex:
+        def drain_one():
+            index, pts, image, fut = window.popleft()
+            try:
+                return index, pts, image, fut.result()
+            except Exception as e:  # one broken frame must not stop a long run
+                log.warning("frame %d: detection failed (%s); skipped", index, e)
+                return index, pts, image, None
+
+        for index, pts, image in frames:
+            fut = ex.submit(pool.detect, image) if image is not None else _done_future([])
+            window.append((index, pts, image, fut))
+            if len(window) >= 2 * jobs + 2:
+                yield drain_one()
+        while window:
+            yield drain_one()
+
+
+def _done_future(value: Any) -> concurrent.futures.Future:
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    fut.set_result(value)
+    return fut
+
+
+def extract(input_path: str, output: str, opts: ExtractOptions, producer_args: dict | None = None) -> ExtractSummary:
+    """Extracts every face of `input_path` into the faceset folder `output` (resuming if it exists)."""
+    start_time = time.time()
+    source = open_source(input_path)
+    resume = _prepare_output(output, opts.overwrite)
+    created = not resume
+    jobs = opts.jobs or os.cpu_count() or 1
+    cv2.setNumThreads(1)  # parallelism comes from the detector threads
+    producer = {
+        "program": "preprocessing.extract",
+        "detector": opts.detector,
+        "args": producer_args or {},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    writer = FacesetWriter(
+        output, size=opts.size, face_type=opts.face_type, producer=producer,
+        resume=resume, shard_faces=opts.shard_faces,
+    )
+    frames = faces = no_face = 0
+    first = 0
+    try:
+        with writer:
+            sid = writer.add_source(source.describe())
+            first = writer.frames_done(sid)
+            total = source.frame_count
+            if first >= total:
+                print(f"{output}: already complete ({writer.count} faces from {total} frames)")
+            if opts.debug_dir:
+                os.makedirs(opts.debug_dir, exist_ok=True)
+            tracks = LandmarkTracks() if opts.smooth_landmarks else None
+            pool = _DetectorPool(opts)
+            bar = tqdm(total=total, initial=first, unit="frame", disable=not opts.progress,
+                       desc=os.path.basename(input_path))
+            frame_rate = source.fps or 30.0
+            for index, pts, image, detections in _ordered_detections(source.iter_frames(first), pool, jobs):
+                records = []
+                if image is not None and detections:
+                    if tracks is not None:
+                        detections = tracks.smooth(pts if pts is not None else index / frame_rate, detections)
+                    for det in detections:
+                        rec = face_record(image, det, opts.size, opts.face_type)
+                        if rec is not None:
+                            records.append(rec)
+                writer.add_frame(sid, index, stack_records(records, opts.size))
+                if opts.debug_dir and image is not None:
+                    _write_debug(opts.debug_dir, source, index, image, records, opts.size)
+                frames += 1
+                faces += len(records)
+                no_face += not records
+                bar.update(1)
+                bar.set_postfix(faces=faces, refresh=False)
+            bar.close()
+    except BaseException:
+        if created and writer.count == 0:
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+    total_faces = writer.count
+    if total_faces == 0:
+        if created:
+            shutil.rmtree(output, ignore_errors=True)
+        raise UserError(f"{input_path}: no face found (no faceset written)")
+    return ExtractSummary(output, frames, faces, total_faces, no_face, time.time() - start_time, first)
+
+
+def _write_debug(debug_dir: str, source, index: int, image: np.ndarray, records: list, size: int) -> None:
+    name = os.path.splitext(os.path.basename(source.files[index]))[0] if source.kind == "images" else f"{index:06d}"
+    drawn = draw_debug(image, records, size)
+    cv2.imwrite(os.path.join(debug_dir, f"{name}.jpg"), drawn[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
