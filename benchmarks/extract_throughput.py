@@ -42,9 +42,10 @@ def make_1080p_clip(path: str, frames: int) -> None:
             w.write(canvas)
 
 
-def time_extract(video: str, workdir: str, name: str) -> dict:
-    opts = ExtractOptions(size=_SIZE.value, jobs=_JOBS.value, progress=False)
-    out = os.path.join(workdir, name)
+def time_extract(video: str, workdir: str, name: str, track: bool) -> dict:
+    opts = ExtractOptions(size=_SIZE.value, jobs=_JOBS.value, progress=False, track=track)
+    name += " --track" if track else ""
+    out = os.path.join(workdir, name.replace(" ", "_"))
     t0 = time.perf_counter()
     summary = extract(video, out, opts)
     dt = time.perf_counter() - t0
@@ -56,10 +57,11 @@ def main(argv: Sequence[str]) -> None:
     del argv
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows.append(time_extract(samples.carphone_path(), tmp, "carphone_176x144"))
         clip = os.path.join(tmp, "carphone_1080p.mp4")
         make_1080p_clip(clip, _FRAMES_1080P.value)
-        rows.append(time_extract(clip, tmp, "carphone_1920x1080"))
+        for track in (False, True):
+            rows.append(time_extract(samples.carphone_path(), tmp, "carphone_176x144", track))
+            rows.append(time_extract(clip, tmp, "carphone_1920x1080", track))
     print(f"machine: {platform.node()} | {os.cpu_count()} cores | {platform.processor() or platform.machine()}")
     print(f"| clip | frames | faces | seconds | frames/s | faces/s |")
     print(f"|---|---|---|---|---|---|")

@@ -33,6 +33,10 @@ _TILES = flags.DEFINE_enum(
     "tiles", "auto", ["auto", "on", "off"],
     "Also detect on overlapping tiles (finds small faces in large frames); auto = on for large frames.")
 _SMOOTH = flags.DEFINE_boolean("smooth_landmarks", False, "Smooth landmarks over time (video) to reduce jitter.")
+_TRACK = flags.DEFINE_boolean(
+    "track", False,
+    "Follow faces from frame to frame and run the full detector only every 8 frames: 2-4x faster on "
+    "video; a face entering the frame is found at the next full detection.")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace an existing faceset in --output instead of resuming it.")
 _SHARD = flags.DEFINE_integer("shard_faces", 256, "Faces per TensorStore shard file.", lower_bound=1)
 
@@ -45,12 +49,12 @@ def main(argv: Sequence[str]) -> None:
     opts = ExtractOptions(
         face_type=FaceType.from_flag(_FACE_TYPE.value), size=_SIZE.value, detector=_DETECTOR.value,
         jobs=_JOBS.value, debug_dir=_DEBUG_DIR.value, min_face_size=_MIN_FACE.value,
-        max_faces=_MAX_FACES.value, tiles=_TILES.value, smooth_landmarks=_SMOOTH.value,
+        max_faces=_MAX_FACES.value, tiles=_TILES.value, smooth_landmarks=_SMOOTH.value, track=_TRACK.value,
         overwrite=_OVERWRITE.value, shard_faces=_SHARD.value,
     )
     args = {name: flags.FLAGS[name].value for name in (
         "input", "output", "face_type", "size", "detector", "min_face_size", "max_faces", "tiles",
-        "smooth_landmarks", "shard_faces")}
+        "smooth_landmarks", "track", "shard_faces")}
     summary = extract(_INPUT.value, _OUTPUT.value, opts, producer_args=args)
     print(summary.line())
 

@@ -46,6 +46,7 @@ class ExtractOptions:
     max_faces: int = 0  # 0 = all faces of a frame
     tiles: str = "auto"
     smooth_landmarks: bool = False
+    track: bool = False  # follow faces between frames (faster; see _DetectorPool)
     overwrite: bool = False
     shard_faces: int = 256
     progress: bool = True
@@ -87,52 +88,75 @@ def _prepare_output(output: str, overwrite: bool) -> bool:
 
 
 class _DetectorPool:
-    """One detector per worker thread, built lazily in the thread that uses it."""
+    """One detector per worker thread, built lazily in the thread that uses it.
+
+    Work comes in runs of consecutive frames. With tracking on, the first frame of a run is
+    detected afresh and the others follow its faces (one FaceMesh pass each instead of detector +
+    refinement); runs are aligned to absolute frame numbers so results do not depend on threads.
+    """
 
     def __init__(self, opts: ExtractOptions):
         self._opts = opts
         self._local = threading.local()
 
-    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+    def _detector(self):
         det = getattr(self._local, "detector", None)
         if det is None:
-            options = {"min_face_size": self._opts.min_face_size, "max_faces": self._opts.max_faces}
+            options: dict[str, Any] = {"min_face_size": self._opts.min_face_size, "max_faces": self._opts.max_faces}
             if self._opts.detector == "blazeface":
-                options["tiles"] = self._opts.tiles
+                options.update(tiles=self._opts.tiles, redetect_every=TRACK_RUN)
             det = self._local.detector = create_detector(self._opts.detector, **options)
-        return det.detect(image)
+        return det
+
+    def detect_run(self, images: list[np.ndarray | None]) -> list[list[DetectedFace] | None]:
+        """Faces of each frame of a run (None for a frame whose detection failed)."""
+        det, out, previous = self._detector(), [], None
+        for image in images:
+            faces = None
+            if image is not None:
+                try:
+                    tracking = self._opts.track and self._opts.detector == "blazeface"
+                    faces = det.detect(image, previous=previous) if tracking else det.detect(image)
+                except Exception as e:  # one broken frame must not stop a long run
+                    log.warning("detection failed on a frame (%s); skipped", e)
+            out.append(faces)
+            previous = faces
+        return out
+
+
+TRACK_RUN = 8  # frames per tracking run: the detector runs at least this often
 
 
 def _ordered_detections(
-    frames: Iterator[tuple[int, float | None, np.ndarray | None]], pool: _DetectorPool, jobs: int
+    frames: Iterator[tuple[int, float | None, np.ndarray | None]], pool: _DetectorPool, jobs: int, run: int
 ) -> Iterator[tuple[int, float | None, np.ndarray | None, list[DetectedFace] | None]]:
-    """Runs detection on a bounded window of frames in parallel, yielding results in frame order.
+    """Runs detection on a bounded window of frame runs in parallel, yielding results in frame order.
 
-    A frame whose detection raises is yielded with None (a warning and a skip, not a crash).
+    A run ends where `index % run == 0` starts the next one, so the split is the same for every
+    thread count (and for a resumed extraction, from the next run boundary on).
     """
     window: collections.deque = collections.deque()
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as ex:
         def drain_one():
-            index, pts, image, fut = window.popleft()
-            try:
-                return index, pts, image, fut.result()
-            except Exception as e:  # one broken frame must not stop a long run
-                log.warning("frame %d: detection failed (%s); skipped", index, e)
-                return index, pts, image, None
+            batch, fut = window.popleft()
+            for (index, pts, image), faces in zip(batch, fut.result()):
+                yield index, pts, image, faces
 
-        for index, pts, image in frames:
-            fut = ex.submit(pool.detect, image) if image is not None else _done_future([])
-            window.append((index, pts, image, fut))
-            if len(window) >= 2 * jobs + 2:
-                yield drain_one()
+        def submit(batch):
+            window.append((batch, ex.submit(pool.detect_run, [image for _, _, image in batch])))
+
+        batch: list = []
+        for item in frames:
+            if batch and item[0] % run == 0:
+                submit(batch)
+                batch = []
+                if len(window) > jobs + 1:
+                    yield from drain_one()
+            batch.append(item)
+        if batch:
+            submit(batch)
         while window:
-            yield drain_one()
-
-
-def _done_future(value: Any) -> concurrent.futures.Future:
-    fut: concurrent.futures.Future = concurrent.futures.Future()
-    fut.set_result(value)
-    return fut
+            yield from drain_one()
 
 
 def extract(input_path: str, output: str, opts: ExtractOptions, producer_args: dict | None = None) -> ExtractSummary:
@@ -169,7 +193,7 @@ def extract(input_path: str, output: str, opts: ExtractOptions, producer_args: d
             bar = tqdm(total=total, initial=first, unit="frame", disable=not opts.progress,
                        desc=os.path.basename(input_path))
             frame_rate = source.fps or 30.0
-            for index, pts, image, detections in _ordered_detections(source.iter_frames(first), pool, jobs):
+            for index, pts, image, detections in _ordered_detections(source.iter_frames(first), pool, jobs, TRACK_RUN if opts.track else 1):
                 records = []
                 if image is not None and detections:
                     if tracks is not None:

@@ -178,3 +178,19 @@ def test_bad_inputs_fail_cleanly_and_keep_existing_data(carphone_faceset, tmp_pa
     (foreign / "notes.txt").write_text("keep me")
     proc = run_extract(f"--input={samples.carphone_path()}", f"--output={foreign}", *ARGS, check=False)
     assert proc.returncode == 2 and (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_tracking_matches_per_frame_detection(carphone_faceset, tmp_path):
+    """--track follows faces with one mesh pass; landmarks stay within 5% IOD of full detection."""
+    ref = Faceset.open(carphone_faceset[0])
+    out = str(tmp_path / "tracked")
+    run_extract(f"--input={samples.carphone_path()}", f"--output={out}", "--track", *ARGS)
+    got = Faceset.open(out)
+    assert got.count == ref.count
+    np.testing.assert_array_equal(got.read_range("frame_index", 0, got.count),
+                                  ref.read_range("frame_index", 0, ref.count))
+    a = ref.read_range("source_landmarks", 0, ref.count).astype(np.float64)
+    b = got.read_range("source_landmarks", 0, got.count).astype(np.float64)
+    iod = np.linalg.norm(a[:, 36:42].mean(1) - a[:, 42:48].mean(1), axis=1)
+    err = np.linalg.norm(a - b, axis=2).mean(1) / iod
+    assert np.mean(err) < 0.05 and np.max(err) < 0.15
