@@ -194,3 +194,37 @@ def test_tracking_matches_per_frame_detection(carphone_faceset, tmp_path):
     iod = np.linalg.norm(a[:, 36:42].mean(1) - a[:, 42:48].mean(1), axis=1)
     err = np.linalg.norm(a - b, axis=2).mean(1) / iod
     assert np.mean(err) < 0.05 and np.max(err) < 0.15
+
+
+def test_two_faces_in_one_frame(tmp_path):
+    img = samples.astronaut_rgb()[:300, 80:380]
+    both = np.concatenate([img, img[:, ::-1]], axis=1)  # the portrait and its mirror image
+    path = tmp_path / "two.png"
+    cv2.imwrite(str(path), both[:, :, ::-1])
+    out = str(tmp_path / "fs")
+    run_extract(f"--input={path}", f"--output={out}", *ARGS)
+    fs = Faceset.open(out)
+    assert fs.count == 2
+    np.testing.assert_array_equal(fs.read_range("face_index", 0, 2), [0, 1])
+    np.testing.assert_array_equal(fs.read_range("frame_index", 0, 2), [0, 0])
+    boxes = fs.read_range("source_rects", 0, 2)
+    # the two crops come from the two halves of the image
+    assert sorted(((boxes[:, 0] + boxes[:, 2]) / 2 > 300).tolist()) == [False, True]
+    # mirror images: yaw of opposite sign
+    yaw = fs.read_range("pose", 0, 2)[:, 1]
+    assert abs(yaw[0] + yaw[1]) < np.radians(3)
+
+
+def test_smoothing_reduces_landmark_jitter(carphone_faceset, tmp_path):
+    def jitter(fs: Faceset) -> float:
+        """Mean second difference of the landmarks over time, in units of IOD."""
+        lm = fs.read_range("source_landmarks", 0, fs.count).astype(np.float64)
+        iod = np.linalg.norm(lm[:, 36:42].mean(1) - lm[:, 42:48].mean(1), axis=1).mean()
+        return float(np.linalg.norm(np.diff(lm, 2, axis=0), axis=2).mean() / iod)
+
+    ref = Faceset.open(carphone_faceset[0])
+    out = str(tmp_path / "smoothed")
+    run_extract(f"--input={samples.carphone_path()}", f"--output={out}", "--smooth_landmarks", *ARGS)
+    got = Faceset.open(out)
+    assert got.count == ref.count
+    assert jitter(got) < jitter(ref) / 1.5
