@@ -29,7 +29,7 @@ from preprocessing.errors import UserError
 from preprocessing.face_record import face_record, stack_records
 from preprocessing.face_types import FaceType
 from preprocessing.faceset import FacesetWriter
-from preprocessing.images import open_source
+from preprocessing.images import Source, open_source
 from preprocessing.landmark_tracks import LandmarkTracks
 
 log = logging.getLogger(__name__)
@@ -177,40 +177,15 @@ def extract(input_path: str, output: str, opts: ExtractOptions, producer_args: d
         output, size=opts.size, face_type=opts.face_type, producer=producer,
         resume=resume, shard_faces=opts.shard_faces,
     )
-    frames = faces = no_face = 0
+    counts = {"frames": 0, "faces": 0, "no_face": 0}
     first = 0
     try:
         with writer:
             sid = writer.add_source(source.describe())
             first = writer.frames_done(sid)
-            total = source.frame_count
-            if first >= total:
-                print(f"{output}: already complete ({writer.count} faces from {total} frames)")
-            if opts.debug_dir:
-                os.makedirs(opts.debug_dir, exist_ok=True)
-            tracks = LandmarkTracks() if opts.smooth_landmarks else None
-            pool = _DetectorPool(opts)
-            bar = tqdm(total=total, initial=first, unit="frame", disable=not opts.progress,
-                       desc=os.path.basename(input_path))
-            frame_rate = source.fps or 30.0
-            for index, pts, image, detections in _ordered_detections(source.iter_frames(first), pool, jobs, TRACK_RUN if opts.track else 1):
-                records = []
-                if image is not None and detections:
-                    if tracks is not None:
-                        detections = tracks.smooth(pts if pts is not None else index / frame_rate, detections)
-                    for det in detections:
-                        rec = face_record(image, det, opts.size, opts.face_type)
-                        if rec is not None:
-                            records.append(rec)
-                writer.add_frame(sid, index, stack_records(records, opts.size))
-                if opts.debug_dir and image is not None:
-                    _write_debug(opts.debug_dir, source, index, image, records, opts.size)
-                frames += 1
-                faces += len(records)
-                no_face += not records
-                bar.update(1)
-                bar.set_postfix(faces=faces, refresh=False)
-            bar.close()
+            if first >= source.frame_count:
+                print(f"{output}: already complete ({writer.count} faces from {source.frame_count} frames)")
+            _extract_frames(source, first, writer, sid, opts, jobs, counts)
     except BaseException:
         if created and writer.count == 0:
             shutil.rmtree(output, ignore_errors=True)
@@ -220,10 +195,40 @@ def extract(input_path: str, output: str, opts: ExtractOptions, producer_args: d
         if created:
             shutil.rmtree(output, ignore_errors=True)
         raise UserError(f"{input_path}: no face found (no faceset written)")
-    return ExtractSummary(output, frames, faces, total_faces, no_face, time.time() - start_time, first)
+    return ExtractSummary(output, counts["frames"], counts["faces"], total_faces, counts["no_face"],
+                          time.time() - start_time, first)
 
 
-def _write_debug(debug_dir: str, source, index: int, image: np.ndarray, records: list, size: int) -> None:
+def _extract_frames(source: Source, first: int, writer: FacesetWriter, sid: int, opts: ExtractOptions,
+                    jobs: int, counts: dict[str, int]) -> None:
+    """The main loop: detections in frame order -> (smoothed) landmarks -> face records -> writer."""
+    if opts.debug_dir:
+        os.makedirs(opts.debug_dir, exist_ok=True)
+    tracks = LandmarkTracks() if opts.smooth_landmarks else None
+    frame_rate = source.fps or 30.0
+    detections_in_order = _ordered_detections(
+        source.iter_frames(first), _DetectorPool(opts), jobs, TRACK_RUN if opts.track else 1)
+    with tqdm(total=source.frame_count, initial=first, unit="frame", disable=not opts.progress,
+              desc=os.path.basename(source.path)) as bar:
+        t0 = time.time()
+        for index, pts, image, detections in detections_in_order:
+            records = []
+            if image is not None and detections:
+                if tracks is not None:
+                    detections = tracks.smooth(pts if pts is not None else index / frame_rate, detections)
+                records = [r for r in (face_record(image, d, opts.size, opts.face_type) for d in detections) if r is not None]
+            writer.add_frame(sid, index, stack_records(records, opts.size))
+            if opts.debug_dir and image is not None:
+                _write_debug(opts.debug_dir, source, index, image, records, opts.size)
+            counts["frames"] += 1
+            counts["faces"] += len(records)
+            counts["no_face"] += not records
+            bar.update(1)
+            bar.set_postfix_str(f"{counts['faces']} faces, {counts['faces'] / max(time.time() - t0, 1e-6):.1f} faces/s",
+                                refresh=False)
+
+
+def _write_debug(debug_dir: str, source: Source, index: int, image: np.ndarray, records: list, size: int) -> None:
     name = os.path.splitext(os.path.basename(source.files[index]))[0] if source.kind == "images" else f"{index:06d}"
     drawn = draw_debug(image, records, size)
     cv2.imwrite(os.path.join(debug_dir, f"{name}.jpg"), drawn[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
