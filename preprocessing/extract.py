@@ -27,8 +27,10 @@ _DETECTOR = flags.DEFINE_enum(
     "Face detector + landmarks: BlazeFace + FaceMesh (default) or dlib (optional extra, non-commercial model).")
 _JOBS = flags.DEFINE_integer("jobs", 0, "Detector threads; 0 = one per CPU core.", lower_bound=0)
 _DEBUG_DIR = flags.DEFINE_string("debug_dir", None, "Write a debug image per frame (landmarks, box, crop square) here.")
-_MIN_FACE = flags.DEFINE_float("min_face_size", 32.0, "Drop faces whose detector box is smaller (pixels).", lower_bound=0)
-_MAX_FACES = flags.DEFINE_integer("max_faces", 0, "Keep at most this many faces per frame, largest first; 0 = all.", lower_bound=0)
+_MIN_FACE = flags.DEFINE_float(
+    "min_face_size", 32.0, "Drop faces whose detector box is smaller (pixels).", lower_bound=0)
+_MAX_FACES = flags.DEFINE_integer(
+    "max_faces", 0, "Keep at most this many faces per frame, largest first; 0 = all.", lower_bound=0)
 _TILES = flags.DEFINE_enum(
     "tiles", "auto", ["auto", "on", "off"],
     "Also detect on overlapping tiles (finds small faces in large frames); auto = on for large frames.")

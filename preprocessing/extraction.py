@@ -216,7 +216,8 @@ def _extract_frames(source: Source, first: int, writer: FacesetWriter, sid: int,
             if image is not None and detections:
                 if tracks is not None:
                     detections = tracks.smooth(pts if pts is not None else index / frame_rate, detections)
-                records = [r for r in (face_record(image, d, opts.size, opts.face_type) for d in detections) if r is not None]
+                candidates = (face_record(image, d, opts.size, opts.face_type) for d in detections)
+                records = [r for r in candidates if r is not None]
             writer.add_frame(sid, index, stack_records(records, opts.size))
             if opts.debug_dir and image is not None:
                 _write_debug(opts.debug_dir, source, index, image, records, opts.size)
