@@ -228,3 +228,19 @@ def test_smoothing_reduces_landmark_jitter(carphone_faceset, tmp_path):
     got = Faceset.open(out)
     assert got.count == ref.count
     assert jitter(got) < jitter(ref) / 1.5
+
+
+def test_dlib_backend_uses_landmark_hull(tmp_path):
+    """dlib has no dense mesh, so the mask is DFL's 68-point hull; it agrees with the mesh silhouette."""
+    path = tmp_path / "astronaut.png"
+    cv2.imwrite(str(path), samples.astronaut_rgb()[:, :, ::-1])
+    masks = {}
+    for det in ("dlib", "blazeface"):
+        out = str(tmp_path / det)
+        run_extract(f"--input={path}", f"--output={out}", f"--detector={det}", "--max_faces=1", *ARGS)
+        fs = Faceset.open(out)
+        assert fs.count == 1 and fs.manifest["producer"]["detector"] == det
+        masks[det] = fs.read_range("masks", 0, 1)[0, ..., 0] > 127
+    inter = (masks["dlib"] & masks["blazeface"]).sum()
+    union = (masks["dlib"] | masks["blazeface"]).sum()
+    assert inter / union > 0.75
