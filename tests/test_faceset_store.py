@@ -1,4 +1,5 @@
-"""Faceset storage: exact round trips, random reads, zarr-python interop and the commit protocol.
+"""Faceset storage: exact round trips, random reads, zarr-python interop and the commit protocol,
+for extraction (add_frame) and for derived facesets (add_faces, write_subset).
 
 The reference is always the NumPy data handed to the writer; every comparison is exact (the
 format is lossless). Faces are tiny (8 px) and shards small (8 faces) so many shards, partial
@@ -6,6 +7,7 @@ shards and straddling frames are exercised in milliseconds.
 """
 from __future__ import annotations
 
+import copy
 import errno
 import gc
 import json
@@ -25,6 +27,8 @@ from preprocessing.face_types import FaceType
 from preprocessing.faceset import Faceset, FacesetWriter, STANDARD_ARRAYS, add_array, remove_array
 from preprocessing.faceset import manifest as mf
 from preprocessing.faceset import store
+from preprocessing.faceset.schema import WRITER_FILLED
+from preprocessing.faceset.subset import write_faces, write_subset
 
 SIZE = 8
 SHARD = 8
@@ -371,6 +375,127 @@ def test_truncation_drops_faces_written_past_count(tmp_path):
     regrown = faces.resize(exclusive_max=[SHARD, None, None, None], resize_metadata_only=True).result()
     assert not regrown[5:SHARD].read().result().any()       # fill value, not the old faces
     np.testing.assert_array_equal(regrown[:5].read().result(), frame_faces(0, 0, 5)["faces"])
+
+
+# ------------------------------------------------------------------------------------ derived facesets
+def derived_order() -> np.ndarray:
+    """45 of the 52 faces, shuffled: both sources and the faces of shared frames interleave."""
+    return np.random.default_rng(3).permutation(52)[:45]
+
+
+def test_add_faces_keeps_the_input_provenance_in_the_new_order(tmp_path, finished, monkeypatch):
+    _, arrays, manifest = finished
+    order = derived_order()
+    want = {name: rows[order] for name, rows in arrays.items()}
+    assert np.count_nonzero(np.diff(want["source_id"])) > 10  # the test means something
+    sources = copy.deepcopy(manifest["sources"])
+    sources[1].update(frames_done=4, complete=False)  # copied as given, progress fields included
+    writes = []
+    real_write = store.write_blocks
+    monkeypatch.setattr(store, "write_blocks", lambda arrays, start, blocks: (
+        writes.append((start, len(blocks["faces"]))), real_write(arrays, start, blocks)))
+    path = tmp_path / "derived"
+    committed = []
+    with open_writer(path, commit_interval_s=0.0) as writer:
+        writer.copy_sources(sources)
+        end = 0
+        for n in (5, 3, 9, 1, 20, 7):  # calls end at faces 5, 8, 17, 18, 38, 45
+            writer.add_faces({name: rows[end:end + n] for name, rows in want.items()})
+            end += n
+            committed.append(mf.load_manifest(str(path))["count"])
+    # Whole shards only; count is the last call end on disk (faces [0, 8k) written), never inside a call.
+    assert writes == [(0, 8), (8, 8), (16, 8), (24, 8), (32, 8), (40, 5)]
+    assert committed == [0, 8, 8, 8, 18, 38]
+    got, got_manifest = read_all(path)
+    assert_same_arrays(got, want)
+    for name in WRITER_FILLED:  # provenance: exactly the input's, reordered, still int32
+        np.testing.assert_array_equal(got[name], arrays[name][order], err_msg=name)
+        assert got[name].dtype == np.int32
+    assert got_manifest["count"] == 45
+    assert got_manifest["sources"] == sources  # not re-marked: this writer extracted nothing
+
+
+def test_derived_and_extracting_writers_do_not_mix(tmp_path, finished):
+    path, arrays, manifest = finished
+    one = {name: rows[:1] for name, rows in arrays.items()}
+    with open_writer(tmp_path / "extracting") as writer:
+        writer.add_source(dict(SOURCES[0]))
+        with pytest.raises(ValueError, match="call copy_sources first"):
+            writer.add_faces(one)
+        with pytest.raises(ValueError, match="needs a new faceset without sources"):
+            writer.copy_sources(manifest["sources"])
+    with open_writer(tmp_path / "derived") as writer:
+        writer.copy_sources(manifest["sources"])
+        with pytest.raises(ValueError, match="written with add_faces"):
+            writer.add_frame(0, 0, frame_faces(0, 0, 1))
+        with pytest.raises(ValueError, match="takes its sources from copy_sources"):
+            writer.add_source(dict(SOURCES[0]))
+        with pytest.raises(ValueError, match=r"missing \['face_index'\]"):
+            writer.add_faces({name: rows for name, rows in one.items() if name != "face_index"})
+        with pytest.raises(ValueError, match="source_id 2 is not one of the 2 copied sources"):
+            writer.add_faces({**one, "source_id": np.array([2])})
+        with pytest.raises(ValueError, match="must not be negative"):
+            writer.add_faces({**one, "frame_index": np.array([-1])})
+        assert writer.count == 0
+    before = folder_bytes(path)
+    with open_writer(path, resume=True) as writer:
+        with pytest.raises(ValueError, match="needs a new faceset without sources"):
+            writer.copy_sources(manifest["sources"])
+    assert folder_bytes(path) == before
+
+
+# A derived write (write_subset, 5 faces per add_faces call) killed at a chosen point.
+_KILLED_SUBSET = """
+import os, sys
+sys.path.insert(0, {repo!r})
+from preprocessing.faceset import Faceset, manifest as mf, store, subset
+
+def kill(*args):
+    os._exit(3)
+
+if {point!r} == "shard":  # while writing shard 3: shards 0-2 are committed in the staging folder
+    real_write = store.write_blocks
+    store.write_blocks = lambda arrays, start, blocks: kill() if start == 24 else real_write(arrays, start, blocks)
+elif {point!r} == "commit":  # at the writer's final commit
+    real_manifest = mf.write_manifest
+    mf.write_manifest = lambda folder, m: kill() if m["count"] == 45 else real_manifest(folder, m)
+else:  # the staging faceset is whole; the rename onto the output does not happen
+    subset.publish = kill
+subset.BATCH = 5
+subset.write_subset(Faceset.open({path!r}), {order!r}, {out!r}, producer={{"program": "test"}}, progress=False)
+"""
+
+
+@pytest.mark.parametrize("point, staged_count", [("shard", 20), ("commit", 40), ("publish", 45)])
+def test_a_killed_derived_write_leaves_no_output_that_looks_complete(tmp_path, finished, point, staged_count):
+    path, arrays, manifest = finished
+    order = derived_order()
+    out = tmp_path / "sorted"
+    script = _KILLED_SUBSET.format(repo=REPO, point=point, path=str(path), order=order.tolist(), out=str(out))
+    assert subprocess.run([sys.executable, "-c", script], timeout=120).returncode == 3  # killed, not finished
+    assert sorted(os.listdir(tmp_path)) == ["sorted.partial"]  # no output folder at all
+    with pytest.raises(UserError, match="not a faceset"):
+        Faceset.open(str(out))
+    assert mf.load_manifest(str(tmp_path / "sorted.partial"))["count"] == staged_count
+    write_subset(Faceset.open(str(path)), order, str(out), producer={"program": "test"}, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["sorted"]  # the leftover staging folder is gone
+    got, got_manifest = read_all(out)
+    assert_same_arrays(got, {name: rows[order] for name, rows in arrays.items()})
+    assert got_manifest["sources"] == manifest["sources"]
+
+
+def test_a_failed_derived_write_leaves_nothing(tmp_path, finished):
+    fs = Faceset.open(str(finished[0]))
+    names = [name for name in fs.array_names if name not in WRITER_FILLED]
+
+    def batches():
+        yield fs.read_many(names, np.arange(20))
+        raise UserError("face 20: unreadable")
+
+    with pytest.raises(UserError, match="face 20: unreadable"):
+        write_faces(str(tmp_path / "out"), like=fs, indices=np.arange(40), batches=batches(),
+                    producer={"program": "test"}, progress=False)
+    assert os.listdir(tmp_path) == []
 
 
 # ------------------------------------------------------------------------------------ refusals

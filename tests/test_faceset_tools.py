@@ -151,6 +151,8 @@ def test_sort_by_blur_writes_faces_in_descending_sharpness(fs, tmp_path):
         np.testing.assert_array_equal(col(sorted_fs, name), col(fs, name)[expected], err_msg=name)
     assert np.all(np.diff(col(sorted_fs, "blur")) <= 0)
     assert sorted_fs.sources[0]["sha256"] == fs.sources[0]["sha256"]
+    assert sorted_fs.sources == fs.sources  # copied verbatim: source ids and progress fields too
+    assert sorted_fs.array_names == fs.array_names
 
 
 def test_sort_by_brightness_and_hue_match_opencv_hsv(fs):
@@ -294,7 +296,9 @@ def test_resize_same_type_scales_faces_landmarks_and_matrices(fs, tmp_path):
     np.testing.assert_array_equal(col(small, "landmarks"), col(fs, "landmarks") * np.float32(0.5))
     mapped = [transform_points(s, m) for s, m in zip(col(small, "source_landmarks"), col(small, "matrices"))]
     assert np.abs(np.array(mapped) - col(small, "landmarks")).max() < 1e-3
-    np.testing.assert_array_equal(col(small, "frame_index"), col(fs, "frame_index"))
+    for name in ("frame_index", "face_index", "source_id"):
+        np.testing.assert_array_equal(col(small, name), col(fs, name), err_msg=name)
+    assert small.sources == fs.sources
 
 
 def test_convert_to_whole_face_cuts_again_from_source_frames(built, fs, tmp_path):

@@ -1,4 +1,4 @@
-"""Which arrays a faceset holds: names, dtypes and per-face shapes.
+"""Which arrays a faceset holds: names, dtypes and per-face shapes (and the polygons file name).
 
 The names are a contract with the extractor, the faceset tools, XSeg and the trainer, so they
 live in one table. Images are [S, S, C] uint8; everything else is a small per-face record.
@@ -30,7 +30,8 @@ RECORD_SHAPES: dict[str, tuple[str, tuple[int, ...]]] = {
     "pose": ("float32", (3,)),                 # pitch, yaw, roll
 }
 
-# Filled by FacesetWriter itself from add_frame's arguments.
+# Provenance: where each face came from. FacesetWriter stores them always; add_frame fills them
+# from its arguments, add_faces (derived facesets) takes them from the caller.
 WRITER_FILLED = ("frame_index", "source_id", "face_index")
 
 # What the extractor writes; a FacesetWriter stores these unless told otherwise.
@@ -40,6 +41,11 @@ STANDARD_ARRAYS = (
 )
 
 RESERVED_ARRAYS = ("xseg_labels", "xseg_masks")
+
+# Hand-drawn XSeg polygons beside the arrays, in face pixels:
+# {"<face index>": [{"type": 0|1, "pts": [[x, y], ...]}]}. Tools that reorder or resize faces
+# re-key and transform it.
+POLYGONS_FILE = "polygons.json"
 
 
 def is_known(name: str) -> bool:

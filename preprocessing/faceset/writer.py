@@ -1,4 +1,10 @@
-"""FacesetWriter: appends faces frame by frame and commits them crash-safely.
+"""FacesetWriter: appends faces and commits them crash-safely.
+
+Faces arrive in one of two ways. Extraction adds them frame by frame (`add_source`, `add_frame`):
+the writer numbers each frame's faces, fills in their provenance and records per-source progress
+so an interrupted run resumes. The faceset tools write a derived faceset (`copy_sources`,
+`add_faces`): the input's faces in a new order, each with the provenance it already had, so the
+caller gives every array and the sources are copied, with no progress of their own to record.
 
 The protocol, in the order it happens on disk:
 1. faces are buffered in memory until a whole shard (`shard_faces` faces) is ready;
@@ -7,12 +13,13 @@ The protocol, in the order it happens on disk:
 3. manifest.json is replaced (temp + fsync + rename) with the new `count` and per-source
    `frames_done`. This is the commit point.
 
-`count` always ends on a frame boundary: a frame whose faces straddle the shard boundary is
-committed with the next shard, so a resumed run restarts at a whole frame and never duplicates or
-loses one. Frames without faces are committed as soon as every face before them is on disk
-(including by the `commit_interval_s` timer), so long face-less stretches are not redone.
-Resuming truncates the arrays to `count` and reloads the faces of the last partial shard, which is
-the only shard ever rewritten.
+`count` always ends on a frame boundary (for add_faces: at the end of a call): a frame whose
+faces straddle the shard boundary is committed with the next shard, so a resumed run restarts at
+a whole frame and never duplicates or loses one. Frames without faces are committed as soon as
+every face before them is on disk (including by the `commit_interval_s` timer), so long
+face-less stretches are not redone. Resuming truncates the arrays to `count` and reloads the
+faces of the last partial shard, which is the only shard ever rewritten. (A derived faceset is
+not resumed: its tools build it in a staging folder and publish it whole, see subset.py.)
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ class FacesetWriter:
     `shard_faces` and `image_codec` apply when the faceset is created; a resumed faceset keeps
     its own. Workers of a multi-process extractor only compute faces and hand them to the one
     process that holds the writer (an exclusive lock on the folder refuses a second writer).
+    A writer either extracts (add_source/add_frame) or derives (copy_sources/add_faces), never both.
     """
 
     def __init__(self, path: str, *, size: int, face_type: FaceType, producer: dict,
@@ -58,7 +66,9 @@ class FacesetWriter:
         self._failed: UserError | None = None
         self._in_io = False
         self._session_sources: set[int] = set()
-        self._pending: list[tuple[int, int, int]] = []  # (source_id, frames_done after, end face)
+        self._derived = False  # set by copy_sources
+        # (source_id or None for add_faces, frames_done after, end face) of added, uncommitted calls
+        self._pending: list[tuple[int | None, int, int]] = []
         if os.path.exists(path) and not os.path.isdir(path):
             raise UserError(f"{path}: not a folder")
         try:
@@ -162,9 +172,9 @@ class FacesetWriter:
         UserError if the faceset was made from other sources.
         """
         self._check_usable()
-        if not isinstance(entry.get("sha256"), str):
-            raise ValueError("a source entry needs a 'sha256' string")
-        json.dumps(entry)  # fails early (TypeError) on values the manifest cannot hold
+        if self._derived:
+            raise ValueError(f"{self.path}: a derived faceset takes its sources from copy_sources")
+        _check_source_entry(entry)
         sources = self._manifest["sources"]
         for source_id, known in enumerate(sources):
             if known.get("sha256") == entry["sha256"]:
@@ -181,6 +191,25 @@ class FacesetWriter:
         self._session_sources.add(len(sources))
         return len(sources)
 
+    def copy_sources(self, entries: Sequence[dict]) -> None:
+        """Starts a derived faceset: its sources are `entries` (the input's), copied verbatim.
+
+        They keep their own frames_done/complete, which describe the extraction the faces came
+        from; this writer continues no extraction, so it never changes them. Source ids stay the
+        input's, so add_faces takes the input's source_id values as they are. Only on a new
+        faceset that has no sources yet.
+        """
+        self._check_usable()
+        if self._resumed or self._derived or self._manifest["sources"]:
+            raise ValueError(f"{self.path}: copy_sources needs a new faceset without sources")
+        for entry in entries:
+            _check_source_entry(entry)
+        manifest = copy.deepcopy(self._manifest)
+        manifest["sources"] = copy.deepcopy(list(entries))
+        self._write_manifest(manifest, "copying the sources")
+        self._manifest = manifest
+        self._derived = True
+
     def frames_done(self, source_id: int) -> int:
         """Committed progress: frames [0, frames_done) of the source need no processing."""
         return self._manifest["sources"][source_id]["frames_done"]
@@ -192,24 +221,40 @@ class FacesetWriter:
     def add_frame(self, source_id: int, frame_index: int, faces: dict[str, np.ndarray]) -> None:
         """Adds the k faces (k >= 0) of one processed frame; frames of a source arrive in order."""
         self._check_usable()
+        if self._derived:
+            raise ValueError(f"{self.path}: a derived faceset is written with add_faces")
         if not 0 <= source_id < len(self._next_frame):
             raise ValueError(f"unknown source id {source_id}; call add_source first")
         expected = self._next_frame[source_id]
         if frame_index < expected:
             raise ValueError(f"frame {frame_index} of source {source_id} arrives out of order "
                              f"(next frame must be >= {expected})")
-        block = self._frame_block(source_id, frame_index, faces)
-        self._in_io = True
-        for name, rows in block.items():
-            self._buffer[name].append(rows)
-        self._buffered += len(block["faces"])
-        self._pending.append((source_id, frame_index + 1, self.count))
-        self._next_frame[source_id] = frame_index + 1
-        self._in_io = False
-        while self._buffered >= self.shard_faces:
-            self._write_full_shard()
-        if time.monotonic() - self._committed_at >= self._commit_interval_s:
-            self._commit()
+        block = self._checked_block(faces, [n for n in self._names if n not in schema.WRITER_FILLED])
+        k = len(block["faces"])
+        block["frame_index"] = np.full(k, frame_index, np.int32)
+        block["source_id"] = np.full(k, source_id, np.int32)
+        block["face_index"] = np.arange(k, dtype=np.int32)
+        self._append(block, source_id, frame_index + 1)
+
+    def add_faces(self, faces: dict[str, np.ndarray]) -> None:
+        """Appends faces of a derived faceset in the caller's order (call copy_sources first).
+
+        `faces` holds every stored array, the provenance ones (source_id, frame_index,
+        face_index) included: each face keeps where it came from in the input. The commit rules
+        are add_frame's, with one call as the unit a commit never splits.
+        """
+        self._check_usable()
+        if not self._derived:
+            raise ValueError(f"{self.path}: add_faces writes a derived faceset; call copy_sources first")
+        block = self._checked_block(faces, self._names)
+        n_sources = len(self._manifest["sources"])
+        unknown = (block["source_id"] < 0) | (block["source_id"] >= n_sources)
+        if unknown.any():
+            raise ValueError(f"source_id {int(block['source_id'][unknown][0])} is not one of the "
+                             f"{n_sources} copied sources")
+        if (block["frame_index"] < 0).any() or (block["face_index"] < 0).any():
+            raise ValueError("frame_index and face_index must not be negative")
+        self._append(block, None, 0)
 
     def close(self) -> None:
         """Writes the last partial shard, commits everything and marks this run's sources complete."""
@@ -247,11 +292,9 @@ class FacesetWriter:
         if self._closed:
             raise ValueError(f"{self.path}: the faceset writer is closed")
 
-    def _frame_block(self, source_id: int, frame_index: int,
-                     faces: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Checks one frame's arrays and adds the writer-filled ones."""
-        given = set(faces)
-        wanted = {n for n in self._names if n not in schema.WRITER_FILLED}
+    def _checked_block(self, faces: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """Copies of exactly the arrays `names`, checked for shape and cast to the stored dtype."""
+        given, wanted = set(faces), set(names)
         if given != wanted:
             raise ValueError(f"faces must hold exactly the arrays {sorted(wanted)}; "
                              f"missing {sorted(wanted - given)}, unexpected {sorted(given - wanted)}")
@@ -266,12 +309,27 @@ class FacesetWriter:
             block[name] = rows.astype(dtype, casting="same_kind", copy=True)
         k = len(block["faces"])
         if any(len(rows) != k for rows in block.values()):
-            raise ValueError(f"all arrays of a frame need the same number of faces; got "
+            raise ValueError(f"all arrays need the same number of faces; got "
                              f"{ {n: len(r) for n, r in block.items()} }")
-        block["frame_index"] = np.full(k, frame_index, np.int32)
-        block["source_id"] = np.full(k, source_id, np.int32)
-        block["face_index"] = np.arange(k, dtype=np.int32)
         return block
+
+    def _append(self, block: dict[str, np.ndarray], source_id: int | None, frames_done: int) -> None:
+        """Buffers one call's faces, writes every full shard and commits what is on disk.
+
+        `source_id`/`frames_done` is the source progress the call makes (None for add_faces).
+        """
+        self._in_io = True
+        for name, rows in block.items():
+            self._buffer[name].append(rows)
+        self._buffered += len(block["faces"])
+        self._pending.append((source_id, frames_done, self.count))
+        if source_id is not None:
+            self._next_frame[source_id] = frames_done
+        self._in_io = False
+        while self._buffered >= self.shard_faces:
+            self._write_full_shard()
+        if time.monotonic() - self._committed_at >= self._commit_interval_s:
+            self._commit()
 
     def _buffered_blocks(self) -> dict[str, np.ndarray]:
         return {name: np.concatenate(parts) if len(parts) != 1 else parts[0]
@@ -310,7 +368,7 @@ class FacesetWriter:
         self._in_io = False
 
     def _commit(self, *, complete: bool = False) -> None:
-        """Commits every pending frame whose faces are all on disk (count + frames_done)."""
+        """Commits every pending call whose faces are all on disk (count + frames_done)."""
         ready = 0
         while ready < len(self._pending) and self._pending[ready][2] <= self._durable:
             ready += 1
@@ -318,7 +376,8 @@ class FacesetWriter:
             return
         manifest = copy.deepcopy(self._manifest)
         for source_id, done, end in self._pending[:ready]:
-            manifest["sources"][source_id]["frames_done"] = done
+            if source_id is not None:
+                manifest["sources"][source_id]["frames_done"] = done
             manifest["count"] = end
         if complete:
             for source_id in self._session_sources:
@@ -346,6 +405,12 @@ class FacesetWriter:
         self._failed = UserError(f"{self.path}: {what} while {doing}; the faceset stays valid "
                                  f"with count={self.committed_count}")
         raise self._failed from error
+
+
+def _check_source_entry(entry: dict) -> None:
+    if not isinstance(entry.get("sha256"), str):
+        raise ValueError("a source entry needs a 'sha256' string")
+    json.dumps(entry)  # fails early (TypeError) on values the manifest cannot hold
 
 
 def _array_names(arrays: Sequence[str] | None) -> list[str]:
