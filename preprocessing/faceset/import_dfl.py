@@ -29,7 +29,7 @@ from preprocessing.faceset.dfl_meta import DflMeta
 from preprocessing.faceset.dfljpg import JpegHeader, decode_rgb, read_header
 from preprocessing.faceset.dflpak import DflPak
 from preprocessing.faceset.schema import STANDARD_ARRAYS
-from preprocessing.faceset.subset import write_polygons
+from preprocessing.faceset.subset import check_new_output, publish, staging_folder, write_polygons
 from preprocessing.faceset.writer import FacesetWriter
 from preprocessing.masks import eyes_mouth_mask, hull_mask
 from preprocessing.pose import estimate_pitch_yaw_roll
@@ -113,9 +113,7 @@ def import_dfl(input_path: str, output_faceset: str, *, size: int | None = None,
                progress: bool = True) -> ImportSummary:
     """Writes the DFL faces of `input_path` (aligned folder or faceset.pak) as a new faceset."""
     start = time.time()
-    if os.path.exists(output_faceset) and (not os.path.isdir(output_faceset)
-                                           or os.listdir(output_faceset)):
-        raise UserError(f"{output_faceset}: already exists; import writes a new faceset")
+    check_new_output(output_faceset, not_same_as=input_path)
     if size is not None and size < 1:
         raise UserError(f"{input_path}: output size must be positive, got {size}")
     inp = _DflInput(input_path)
@@ -132,8 +130,9 @@ def import_dfl(input_path: str, output_faceset: str, *, size: int | None = None,
         producer = {"program": "preprocessing.faceset.import_dfl",
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         polygons: dict[str, list[dict]] = {}
+        staging = staging_folder(output_faceset)  # renamed onto the output once whole (kill -9 safe)
         try:
-            with FacesetWriter(output_faceset, size=size, face_type=face_type, producer=producer,
+            with FacesetWriter(staging, size=size, face_type=face_type, producer=producer,
                                resume=False, extras=extras,
                                arrays=[*STANDARD_ARRAYS, "xseg_masks"] if with_masks else None,
                                ) as writer:
@@ -151,9 +150,10 @@ def import_dfl(input_path: str, output_faceset: str, *, size: int | None = None,
                     writer.add_frame(source_id, k, {name: a[None] for name, a in face.items()})
                     if face_polygons:
                         polygons[str(k)] = face_polygons
-                write_polygons(output_faceset, polygons)  # before the writer's final commit
+                write_polygons(staging, polygons)
+            publish(staging, output_faceset)
         except BaseException:
-            shutil.rmtree(output_faceset, ignore_errors=True)  # it did not exist before
+            shutil.rmtree(staging, ignore_errors=True)
             raise
     finally:
         inp.close()
