@@ -110,8 +110,8 @@ def test_start_frame_seeks_between_keyframes(short_gop_clip, monkeypatch):
     full = list(video.read_frames(short_gop_clip))
     assert len(full) == 90
     seeks = []
-    decode = video._decode
-    monkeypatch.setattr(video, "_decode",
+    decode = video.decode._decode
+    monkeypatch.setattr(video.decode, "_decode",
                         lambda info, seek: seeks.append(seek) or decode(info, seek))
     for start in (11, 12, 13, 47, 89):
         seeks.clear()
