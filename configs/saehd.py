@@ -49,6 +49,7 @@ def get_config(arg: str = "liae-ud") -> ml_collections.ConfigDict:
         "max_minutes": 0.0,
         "compute_dtype": "auto",  # auto (bf16 on GPU/TPU, fp32 on CPU)|float32|bfloat16
         "nan_patience": 10,  # consecutive non-finite steps before rolling back
+        "device_memory_mb": 0,  # 0 = ask the device; else the budget the compiled step must fit
     })
     cfg.data = ml_collections.ConfigDict({
         "device_budget_mb": 2048,  # facesets smaller than this live on the devices

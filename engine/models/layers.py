@@ -1,0 +1,121 @@
+"""Building blocks of DFL's autoencoders in Flax NNX (DFL_SPEC §3.1 conventions, §3.3 blocks).
+
+The conventions that make a faithful port live here and nowhere else:
+* "SAME" conv = explicit symmetric zero pad of ((k-1)*dil+1)//2 then VALID (for even k this gives
+  one pixel more than TF SAME);
+* kernels Glorot-uniform, biases zero (TF's defaults, which DFL keeps);
+* depth-to-space in TF's DCR channel order;
+* feature maps are flattened channel-major (NCHW), so Dense weights index like DFL's.
+
+Every layer takes `dtype`, the compute dtype (bf16 on GPU); parameters always stay float32.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_GLOROT = nnx.initializers.glorot_uniform()
+_ZEROS = nnx.initializers.zeros_init()
+
+# DFL's slopes: 0.1 after every Downscale/Upscale conv, 0.2 inside residual blocks.
+UPDOWN_SLOPE = 0.1
+RESIDUAL_SLOPE = 0.2
+
+
+def same_padding(kernel_size: int, dilation: int = 1) -> int:
+    """Zeros DFL pads on each side for its "SAME" convs."""
+    return ((kernel_size - 1) * dilation + 1) // 2
+
+
+def conv_output_size(size: int, kernel_size: int, stride: int) -> int:
+    """Output length of a DFL "SAME" conv: ceil(size/stride) for odd k, +1 for even k at stride 2."""
+    return (size + 2 * same_padding(kernel_size) - kernel_size) // stride + 1
+
+
+def conv2d(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, *,
+           dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Conv:
+    """A conv with DFL's padding and initialisation (NHWC, kernel [k,k,in,out])."""
+    p = same_padding(kernel_size)
+    return nnx.Conv(in_ch, out_ch, (kernel_size, kernel_size), strides=stride,
+                    padding=((p, p), (p, p)), kernel_init=_GLOROT, bias_init=_ZEROS,
+                    dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def dense(in_features: int, out_features: int, *, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    """A linear layer with DFL's initialisation. Feed it `flatten_channel_major` output."""
+    return nnx.Linear(in_features, out_features, kernel_init=_GLOROT, bias_init=_ZEROS,
+                      dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def flatten_channel_major(x: jax.Array) -> jax.Array:
+    """NHWC [B,H,W,C] -> [B, C*H*W] in NCHW order, as DFL flattens before its Dense layers."""
+    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+
+
+def unflatten_channel_major(x: jax.Array, height: int, width: int, channels: int) -> jax.Array:
+    """[B, C*H*W] read as (C,H,W), DFL's reshape_4D, back to NHWC."""
+    return jnp.transpose(x.reshape(x.shape[0], channels, height, width), (0, 2, 3, 1))
+
+
+def depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
+    """TF's DCR order: out[b*h+i, b*w+j, c] = in[h, w, (b*i+j)*C + c]."""
+    n, h, w, c = x.shape
+    out_c = c // (block * block)
+    x = x.reshape(n, h, w, block, block, out_c)
+    return jnp.transpose(x, (0, 1, 3, 2, 4, 5)).reshape(n, h * block, w * block, out_c)
+
+
+def pixel_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """x * rsqrt(mean(x^2, last axis) + eps); the mean is taken in float32 so bf16 cannot overflow it."""
+    x32 = x.astype(jnp.float32)
+    scale = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+    return (x32 * scale).astype(x.dtype)
+
+
+class Downscale(nnx.Module):
+    """conv k x k stride 2 -> leaky ReLU(0.1): halves the resolution."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 5, *,
+                 dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.conv = conv2d(in_ch, out_ch, kernel_size, 2, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.leaky_relu(self.conv(x), UPDOWN_SLOPE)
+
+
+class DownscaleBlock(nnx.Module):
+    """`n` Downscales with ch * min(2^i, 8) channels: the default SAEHD encoder body."""
+
+    def __init__(self, in_ch: int, ch: int, n: int = 4, kernel_size: int = 5, *,
+                 dtype: jnp.dtype, rngs: nnx.Rngs):
+        widths = [ch * min(2 ** i, 8) for i in range(n)]
+        self.downs = nnx.Sequential(*[
+            Downscale(cin, cout, kernel_size, dtype=dtype, rngs=rngs)
+            for cin, cout in zip([in_ch] + widths[:-1], widths)])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.downs(x)
+
+
+class Upscale(nnx.Module):
+    """conv 3x3 to 4*out channels -> leaky ReLU(0.1) -> depth-to-space x2: doubles the resolution."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, *,
+                 dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.conv = conv2d(in_ch, 4 * out_ch, kernel_size, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return depth_to_space(jax.nn.leaky_relu(self.conv(x), UPDOWN_SLOPE))
+
+
+class ResidualBlock(nnx.Module):
+    """conv -> leaky(0.2) -> conv, then leaky(0.2)(input + that)."""
+
+    def __init__(self, ch: int, kernel_size: int = 3, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.conv1 = conv2d(ch, ch, kernel_size, dtype=dtype, rngs=rngs)
+        self.conv2 = conv2d(ch, ch, kernel_size, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.conv2(jax.nn.leaky_relu(self.conv1(x), RESIDUAL_SLOPE))
+        return jax.nn.leaky_relu(x + y, RESIDUAL_SLOPE)
