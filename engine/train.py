@@ -1,0 +1,61 @@
+"""`python -m engine.train`: train a SAEHD model on a src and a dst faceset.
+
+Example:
+  python -m engine.train --config=configs/saehd.py:liae-ud --config.model.resolution=128 \\
+      --src=data_src --dst=data_dst --workdir=runs/liae --max_steps=100000
+
+Re-running the same command resumes from the last checkpoint in --workdir. Safe edits on resume
+(learning rate, batch size, random_warp, lr_dropout, loss switches) are applied; an optimiser change
+resets the optimiser state with a warning; a change of the model's shape is refused.
+Ctrl-C or SIGTERM saves a checkpoint and exits cleanly.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from absl import flags, logging
+from ml_collections import config_flags
+
+from preprocessing.errors import UserError, run_app
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "saehd.py")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", f"{_DEFAULT_CONFIG}:liae-ud",
+    "Config file and argument, e.g. configs/saehd.py:liae-ud or configs/saehd.py:tiny; override fields with "
+    "--config.model.resolution=256 etc.")
+_SRC = flags.DEFINE_string("src", None, "Source faceset (the identity to put in).")
+_DST = flags.DEFINE_string("dst", None, "Destination faceset (the faces to replace).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, config.json, metrics, previews.")
+_MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Stop after this many steps (overrides train.max_steps).")
+_PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    for flag in (_SRC, _DST, _WORKDIR):
+        if not flag.value:
+            raise UserError(f"--{flag.name} is required")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    cfg = _CONFIG.value
+    if _MAX_STEPS.value is not None:
+        cfg.train.max_steps = _MAX_STEPS.value
+    from engine.trainer import Trainer, summarize  # imports JAX: after flag parsing, so --help is fast
+
+    trainer = Trainer(cfg, _SRC.value, _DST.value, _WORKDIR.value, progress=_PROGRESS.value)
+    try:
+        last = trainer.run()
+    finally:
+        trainer.close()
+    print(f"trained to step {int(trainer.state['step'])}: {summarize(last)}; "
+          f"checkpoints and preview.png in {_WORKDIR.value}")
+
+
+def run() -> None:
+    run_app(main)
+
+
+if __name__ == "__main__":
+    run()

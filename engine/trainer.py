@@ -1,0 +1,277 @@
+"""The training loop around the compiled step: set-up, resume, checks, logging, stopping.
+
+Start-up order matters for users: validate the config, open the facesets, build the model and
+optimiser, restore the last checkpoint (refusing incompatible edits), compile the step ahead of
+time and check its memory against the device — all before the first step, so a bad option or a
+model that will not fit fails in seconds with advice instead of hours in.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from tqdm import tqdm
+
+from engine import optim, parallel
+from engine.checkpoint import Checkpointer, check_config_compatible
+from engine.data import TrainData
+from engine.flops import step_flops
+from engine.metrics import MetricsWriter
+from engine.models import SAEHD, parse_archi, validate_model_config
+from engine.preview import write_preview_grid
+from engine.train_step import StepOptions, init_state, make_eval_step, make_train_step
+from preprocessing.errors import UserError
+from preprocessing.face_types import FaceType
+
+log = logging.getLogger(__name__)
+
+PEAK_FLOPS = 790e12  # bf16 matmul rate measured on H100/H200 (GPU_MACHINE.md): MFU is reported against it
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+    """bf16 on GPU/TPU, fp32 on CPU (XLA's CPU bf16 convolutions are no faster), unless forced."""
+    if name == "auto":
+        return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+    if name not in ("float32", "bfloat16"):
+        raise UserError(f"--config.train.compute_dtype={name!r}: choose auto, float32 or bfloat16")
+    return jnp.dtype(name)
+
+
+def validate_config(cfg) -> None:
+    """Every option checked up front, each failure one clear line."""
+    try:
+        validate_model_config(cfg.model)
+    except ValueError as e:
+        raise UserError(f"--config.model: {e}") from None
+    t = cfg.train
+    if t.batch_size < 1 or t.micro_batches < 1 or t.batch_size % t.micro_batches:
+        raise UserError(f"--config.train.batch_size={t.batch_size} must be a positive multiple of "
+                        f"train.micro_batches={t.micro_batches}")
+    if t.optimizer not in ("adabelief", "rmsprop"):
+        raise UserError(f"--config.train.optimizer={t.optimizer!r}: choose adabelief or rmsprop")
+    if t.ct_mode not in ("none", "rct"):
+        raise UserError(f"--config.train.ct_mode={t.ct_mode!r}: choose none or rct")
+    if not 0.0 <= t.random_hsv_power <= 0.3:
+        raise UserError(f"--config.train.random_hsv_power={t.random_hsv_power}: must be in [0, 0.3]")
+    if t.lr <= 0:
+        raise UserError(f"--config.train.lr={t.lr}: must be positive")
+
+
+class Trainer:
+    """Owns the model state, the data, the compiled step and the workdir of one training run."""
+
+    def __init__(self, cfg, src: str, dst: str, workdir: str, progress: bool = True):
+        validate_config(cfg)
+        self.cfg, self.workdir, self.progress = cfg, workdir, progress
+        os.makedirs(workdir, exist_ok=True)
+        self.mesh = parallel.make_mesh(cfg.mesh)
+        self.dtype = compute_dtype(cfg.train.compute_dtype)
+        self.graphdef, params = init_model(cfg, self.dtype)
+        self.tx = optim.make_optimizer(cfg.train, cfg.seed, frozen=self._frozen_components())
+        self.opts = StepOptions.from_config(cfg)
+        self.data = TrainData(src, dst, cfg, self.mesh, FaceType.from_flag(cfg.model.face_type),
+                              cfg.model.resolution, cfg.seed)
+        self.state_sharding = parallel.replicated(self.mesh)
+        self.batch_sharding = parallel.batch_sharding(self.mesh)
+        state = jax.device_put(init_state(params, self.tx), self.state_sharding)
+        self.ckpt = Checkpointer(workdir, keep=cfg.checkpoint.keep, every_steps=cfg.checkpoint.every_steps,
+                                 every_minutes=cfg.checkpoint.every_minutes)
+        self.state = self._restore_or_start(state)
+        self._write_config()
+        self.step_fn = self._compile()
+        self.eval_fn = jax.jit(make_eval_step(self.graphdef, self.opts))
+        self.metrics = MetricsWriter(workdir, is_main_process=jax.process_index() == 0,
+                                     resume_step=int(self.state["step"]) or None)
+        flops = step_flops(cfg.model, cfg.train.batch_size)
+        self.flops_per_step = float(flops["train_step"])
+        self._stop_signal: str | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def _frozen_components(self) -> tuple[str, ...]:
+        """LIAE trains without its InterAB when random warp is off (DFL_SPEC §3.3)."""
+        if parse_archi(self.cfg.model.archi).kind == "liae" and not self.cfg.train.random_warp:
+            return ("inter_AB",)
+        return ()
+
+    def _restore_or_start(self, state: dict) -> dict:
+        if self.ckpt.latest_step() is None:
+            return state
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        saved_cfg = self.ckpt.saved_config()  # the newest readable checkpoint's
+        warnings = check_config_compatible(saved_cfg, self.cfg)
+        reset_optimizer = any("optimizer" in w for w in warnings)
+        for w in warnings:
+            log.warning(w)
+            print(f"warning: {w}")
+        if reset_optimizer:
+            abstract = {k: v for k, v in abstract.items() if k != "opt_state"}
+        restored, meta = self.ckpt.restore(abstract)
+        if reset_optimizer or restored.get("opt_state") is None:
+            restored["opt_state"] = state["opt_state"]
+        self.data.restore(meta["data"])
+        print(f"resumed from step {int(restored['step'])} in {self.workdir}")
+        return restored
+
+    def _write_config(self) -> None:
+        path = os.path.join(self.workdir, "config.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(self.cfg.to_json_best_effort(indent=2))
+        os.replace(tmp, path)
+
+    def _compile(self):
+        """AOT-compiles the step and refuses, with advice, a step that will not fit the device."""
+        step = make_train_step(self.graphdef, self.tx, self.opts)
+        jitted = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
+                         out_shardings=(self.state_sharding, parallel.replicated(self.mesh)),
+                         donate_argnums=0)
+        batch_shape = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                   self._validation_batch())
+        compiled = jitted.lower(self.state, batch_shape).compile()
+        check_memory(compiled, self.cfg)
+        return compiled
+
+    # ------------------------------------------------------------------ loop
+    def _validation_batch(self):
+        """The held-out faces, one global batch of them (same shapes as a training batch)."""
+        return self.data.validation_batch(self.cfg.train.batch_size)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self._stop_signal = signal.Signals(signum).name
+
+    def _meta(self) -> dict:
+        return {"step": int(self.state["step"]), "data": self.data.state(), "seed": self.cfg.seed,
+                "config": json.loads(self.cfg.to_json_best_effort()), "optimizer": self.cfg.train.optimizer}
+
+    def save(self, force: bool = False) -> None:
+        self.ckpt.save(int(self.state["step"]), self.state, self._meta(), force=force)
+
+    def run(self) -> dict[str, float]:
+        """Trains until max_steps / max_minutes / a signal; saves on the way out."""
+        t = self.cfg.train
+        start_step = int(self.state["step"])
+        deadline = time.time() + 60 * t.max_minutes if t.max_minutes > 0 else None
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        last: dict[str, float] = {}
+        window_start, window_steps = time.perf_counter(), 0
+        bar = tqdm(total=t.max_steps or None, initial=start_step, unit="step", disable=not self.progress)
+        try:
+            step = start_step
+            while True:
+                if t.max_steps and step >= t.max_steps:
+                    break
+                if deadline and time.time() > deadline or self._stop_signal:
+                    break
+                batch = self.data.next_batch()
+                self.state, metrics = self.step_fn(self.state, batch)
+                step += 1
+                window_steps += 1
+                bar.update(1)
+                if step % self.cfg.log.every_steps == 0 or step == t.max_steps:
+                    last = {k: float(v) for k, v in jax.device_get(metrics).items()}  # waits for the step
+                    step_time = (time.perf_counter() - window_start) / window_steps
+                    self._log(step, last, step_time)
+                    window_start, window_steps = time.perf_counter(), 0
+                    bar.set_postfix(src=f"{last['src_loss']:.4f}", dst=f"{last['dst_loss']:.4f}", refresh=False)
+                    if last["nonfinite"] >= t.nan_patience:
+                        self._roll_back(step)
+                if step % self.cfg.log.preview_every_steps == 0:
+                    self.preview(step)
+                if self.ckpt.should_save(step):
+                    self.save()
+        finally:
+            bar.close()
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        if self._stop_signal:
+            print(f"{self._stop_signal}: saving step {int(self.state['step'])} and stopping")
+        self.save(force=True)  # not after an exception: the state may be what went wrong
+        self.ckpt.wait()
+        self.preview(int(self.state["step"]))
+        return last
+
+    def _log(self, step: int, metrics: dict[str, float], step_time: float) -> None:
+        """Metrics of this step plus validation loss; step_time = mean wall time per step since the last log."""
+        vloss, vterms, _, _ = self.eval_fn(self.state["params"], self._validation_batch(), self.state["step"])
+        out = dict(metrics)
+        out.update(val_loss=float(vloss), val_src_loss=float(vterms["src_loss"]),
+                   val_dst_loss=float(vterms["dst_loss"]), step_time_s=step_time,
+                   samples_per_s=2 * self.cfg.train.batch_size / step_time,
+                   mfu=self.flops_per_step / step_time / PEAK_FLOPS / jax.device_count())
+        self.metrics.write(step, out)
+
+    def _roll_back(self, step: int) -> None:
+        latest = self.ckpt.latest_step()
+        if latest is None:
+            raise UserError(f"{self.workdir}: {self.cfg.train.nan_patience} non-finite steps in a row at step {step} "
+                            "and no checkpoint to roll back to; lower train.lr or enable train.clipgrad")
+        print(f"warning: {self.cfg.train.nan_patience} non-finite steps in a row at step {step}; "
+              f"rolling back to the checkpoint of step {latest}")
+        self.state = self._restore_or_start(self.state)
+
+    def preview(self, step: int) -> str:
+        """Writes preview.png (and a numbered copy) from the validation faces."""
+        _, _, aug, preds = self.eval_fn(self.state["params"], self._validation_batch(), self.state["step"])
+        aug, preds = jax.device_get((aug, preds))
+        path = os.path.join(self.workdir, "preview.png")
+        write_preview_grid(path, aug["target_src"], preds["pred_src_src"], aug["target_dst"],
+                           preds["pred_dst_dst"], preds["pred_src_dst"])
+        return path
+
+    def close(self) -> None:
+        self.ckpt.close()
+        self.metrics.close()
+        self.data.close()
+
+
+def init_model(cfg, dtype) -> tuple[nnx.GraphDef, dict]:
+    """The model's graph and freshly initialised parameters (a pure dict of arrays).
+
+    Initialisation runs as one jitted program with the "rbg" PRNG: eager NNX init compiles one
+    small kernel per parameter shape, which took 10x longer on a 2-core CPU.
+    """
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: SAEHD(cfg.model, rngs=nnx.Rngs(0), dtype=dtype)))
+
+    @jax.jit
+    def init(key):
+        return nnx.to_pure_dict(nnx.split(SAEHD(cfg.model, rngs=nnx.Rngs(params=key), dtype=dtype))[1])
+
+    return graphdef, init(jax.random.key(cfg.seed, impl="rbg"))
+
+
+def check_memory(compiled, cfg) -> None:
+    """Refuses a step whose buffers exceed the device's memory, with what to change."""
+    analysis = compiled.memory_analysis()
+    limit = cfg.train.device_memory_mb * 2**20 or _device_memory_limit()
+    if analysis is None or not limit:
+        return
+    need = (analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
+            + analysis.output_size_in_bytes - analysis.alias_size_in_bytes)
+    if need > limit:
+        raise UserError(
+            f"the training step needs {need / 2**30:.1f} GiB but the device has {limit / 2**30:.1f} GiB: "
+            f"lower --config.train.batch_size (now {cfg.train.batch_size}), raise train.micro_batches, or use "
+            f"smaller model dims (ae_dims {cfg.model.ae_dims}, d_dims {cfg.model.d_dims}) or resolution")
+
+
+def _device_memory_limit() -> int | None:
+    """Bytes one device can hold: the accelerator's limit, or the host's physical memory on CPU."""
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    if device.platform == "cpu":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(1, jax.local_device_count())
+    return None
+
+
+def summarize(metrics: dict[str, Any]) -> str:
+    keys = ("src_loss", "dst_loss", "val_loss", "samples_per_s")
+    return ", ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
