@@ -1,4 +1,4 @@
-# Quick start: `make demo` (extract -> preview on bundled sample media) and `make test`.
+# Quick start: `make demo` (extract -> short training on bundled sample media) and `make test`.
 # Both bootstrap .venv with a Python >= 3.12 found on PATH or under pyenv.
 SHELL := /bin/bash
 VENV ?= .venv
@@ -40,7 +40,9 @@ demo: $(STAMP)
 	$(PY) -m preprocessing.faceset info --faceset=$(DEMO_DIR)/data_dst
 	$(PY) -m preprocessing.faceset preview --faceset=$(DEMO_DIR)/data_src --output=$(DEMO_DIR)/preview_src.png
 	$(PY) -m preprocessing.faceset preview --faceset=$(DEMO_DIR)/data_dst --output=$(DEMO_DIR)/preview_dst.png
-	@echo "demo done: facesets in $(DEMO_DIR)/data_src, $(DEMO_DIR)/data_dst; previews $(DEMO_DIR)/preview_*.png"
+	$(PY) -m engine.train --config=configs/demo.py --src=$(DEMO_DIR)/data_src --dst=$(DEMO_DIR)/data_dst --workdir=$(DEMO_DIR)/train
+	@echo "demo done: facesets in $(DEMO_DIR)/data_src, $(DEMO_DIR)/data_dst (sheets $(DEMO_DIR)/preview_*.png);"
+	@echo "  training run in $(DEMO_DIR)/train: preview.png (src, src->src, dst, dst->dst, dst->src), metrics.jsonl, checkpoints/"
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
