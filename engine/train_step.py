@@ -81,7 +81,7 @@ def _split_micro(tree: dict, n: int) -> dict:
 
 
 def _global_norm(tree) -> jax.Array:
-    return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
+    return optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
