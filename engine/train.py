@@ -42,6 +42,8 @@ def main(argv: Sequence[str]) -> None:
     cfg = _CONFIG.value
     if _MAX_STEPS.value is not None:
         cfg.train.max_steps = _MAX_STEPS.value
+    # A persistent XLA compilation cache, on by default: a resumed or repeated run skips compiling.
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/faceswap_jax/xla"))
     from engine.trainer import Trainer, summarize  # imports JAX: after flag parsing, so --help is fast
 
     trainer = Trainer(cfg, _SRC.value, _DST.value, _WORKDIR.value, progress=_PROGRESS.value)
