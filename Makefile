@@ -52,3 +52,4 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .cache
+include benchmarks/gpu_bundle.mk

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The training benchmark on a GPU machine, as one command that ends within 4 minutes.
+#
+#   benchmarks/gpu_suite.sh [--smoke] [OUT_DIR]      (OUT_DIR: default $OUT, else bench_out)
+#
+# The machine's image lacks some pure-Python packages and cannot reach a registry: run
+# `make gpu-bundle` here first and carry the .whl/ folder with the command. The suite installs
+# those wheels (and nothing else) into /tmp/site and puts them on PYTHONPATH.
+#
+# Cases run in priority order (the headline numbers first) in ONE process, so JAX starts and the
+# faceset is built once; each finished case is appended at once as a Markdown row to
+# OUT_DIR/train_throughput.md and the JSON OUT_DIR/train_throughput.json is rewritten, so a run cut
+# short keeps every case it finished. No case starts after BUDGET_S seconds (default 170; compiling
+# the two steps dominates each case, an estimated 30-60 s on the GPU, not yet measured there), and
+# `timeout` stops the run at 230 s.
+# OUT_DIR/env.txt records the card and versions: name the card when recording the numbers.
+#
+# --smoke shrinks everything to one tiny case (32 px, batch 2, 2 steps) to check the script end to
+# end on a CPU, e.g. PYTHON=.venv/bin/python benchmarks/gpu_suite.sh --smoke /tmp/suite.
+# Environment: PYTHON (default python3), WHEELS (the wheel folder, default .whl), BUDGET_S.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+smoke=0
+if [[ "${1:-}" == "--smoke" ]]; then smoke=1; shift; fi
+out=${1:-${OUT:-bench_out}}
+python=${PYTHON:-python3}
+wheels=${WHEELS:-.whl}
+budget=${BUDGET_S:-170}
+mkdir -p "$out"
+
+if compgen -G "$wheels/*.whl" >/dev/null; then
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$wheels"/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if ! "$python" -c 'import ml_collections, tensorboardX' 2>/dev/null; then
+  echo "error: $python lacks ml_collections or tensorboardX: run 'make gpu-bundle' and carry $wheels" >&2
+  exit 2
+fi
+
+if (( ! smoke )) && ! "$python" -c 'import jax, sys; sys.exit(jax.default_backend() == "cpu")' 2>/dev/null; then
+  echo "error: JAX in $python sees no GPU (its CPU would take hours over these cases); use --smoke on a CPU" >&2
+  exit 2
+fi
+
+if (( smoke )); then
+  cases=tiny:32:2
+  args=(--steps=2 --warmup=1 --faces=16)
+else
+  # Priority: both archis at 128 px, then 256 px, then larger batches, then plain LIAE at 128 px
+  # batch 32 (GPU_MACHINE.md's anchor network: 95 M parameters; compare its model-only step time).
+  cases=liae-ud:128:32,df-ud:128:32,liae-ud:256:16,df-ud:256:16,liae-ud:128:64,liae-ud:256:32,liae:128:32
+  args=(--steps=20 --warmup=3 --faces=512)
+fi
+
+{
+  date -u +"%Y-%m-%dT%H:%M:%SZ"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
+    || echo "no nvidia-smi"
+  "$python" -c 'import sys, jax, flax, optax; print("python", sys.version.split()[0], "jax", jax.__version__,
+                "flax", flax.__version__, "optax", optax.__version__, "devices", jax.devices())'
+} >"$out/env.txt" 2>&1
+cat "$out/env.txt"
+
+export PYTHONUNBUFFERED=1
+status=0
+timeout 230 "$python" -m benchmarks.train_throughput --cases="$cases" "${args[@]}" --budget_s="$budget" \
+  --output="$out/train_throughput.json" 2>"$out/train_throughput.log" | tee "$out/train_throughput.md" \
+  || status=$?
+if (( status )); then
+  echo "train_throughput exited with status $status; the last lines of $out/train_throughput.log:" >&2
+  tail -n 5 "$out/train_throughput.log" >&2
+fi
+exit "$status"
