@@ -62,6 +62,11 @@ def validate_config(cfg) -> None:
         raise UserError(f"--config.train.random_hsv_power={t.random_hsv_power}: must be in [0, 0.3]")
     if t.lr <= 0:
         raise UserError(f"--config.train.lr={t.lr}: must be positive")
+    # The loop takes these modulo / compares against them: 0 would fail mid-run, after compiling.
+    for name, value in (("train.nan_patience", t.nan_patience), ("log.every_steps", cfg.log.every_steps),
+                        ("log.preview_every_steps", cfg.log.preview_every_steps)):
+        if value < 1:
+            raise UserError(f"--config.{name}={value}: must be >= 1")
 
 
 class Trainer:
@@ -73,25 +78,31 @@ class Trainer:
         os.makedirs(workdir, exist_ok=True)
         self.mesh = parallel.make_mesh(cfg.mesh)
         self.dtype = compute_dtype(cfg.train.compute_dtype)
+        # Facesets and a refused resume fail here, before the model is built and anything compiled.
+        self.data = TrainData(src, dst, cfg, self.mesh, FaceType.from_flag(cfg.model.face_type),
+                              cfg.model.resolution, cfg.seed)
+        self.ckpt = Checkpointer(workdir, keep=cfg.checkpoint.keep, every_steps=cfg.checkpoint.every_steps,
+                                 every_minutes=cfg.checkpoint.every_minutes)
+        if self.ckpt.latest_step() is not None:
+            check_config_compatible(self.ckpt.saved_config(), cfg)  # raises on a shape change
         self.graphdef, params = init_model(cfg, self.dtype)
         self.tx = optim.make_optimizer(cfg.train, cfg.seed, frozen=self._frozen_components())
         self.opts = StepOptions.from_config(cfg)
-        self.data = TrainData(src, dst, cfg, self.mesh, FaceType.from_flag(cfg.model.face_type),
-                              cfg.model.resolution, cfg.seed)
         self.state_sharding = parallel.replicated(self.mesh)
         self.batch_sharding = parallel.batch_sharding(self.mesh)
         state = jax.device_put(init_state(params, self.tx), self.state_sharding)
-        self.ckpt = Checkpointer(workdir, keep=cfg.checkpoint.keep, every_steps=cfg.checkpoint.every_steps,
-                                 every_minutes=cfg.checkpoint.every_minutes)
         self.state = self._restore_or_start(state)
         self._write_config()
         self.step_fn = self._compile()
         self.eval_fn = jax.jit(make_eval_step(self.graphdef, self.opts))
+        # Records past the restored step (all of them on a fresh start) are from a run that died
+        # before checkpointing them: they are logged again.
         self.metrics = MetricsWriter(workdir, is_main_process=jax.process_index() == 0,
-                                     resume_step=int(self.state["step"]) or None)
+                                     resume_step=int(self.state["step"]))
         flops = step_flops(cfg.model, cfg.train.batch_size)
         self.flops_per_step = float(flops["train_step"])
         self._stop_signal: str | None = None
+        self._rolled_back_to: int | None = None
 
     # ------------------------------------------------------------------ set-up
     def _frozen_components(self) -> tuple[str, ...]:
@@ -181,7 +192,8 @@ class Trainer:
                     window_start, window_steps = time.perf_counter(), 0
                     bar.set_postfix(src=f"{last['src_loss']:.4f}", dst=f"{last['dst_loss']:.4f}", refresh=False)
                     if last["nonfinite"] >= t.nan_patience:
-                        self._roll_back(step)
+                        step = self._roll_back(step)
+                        bar.n = step
                 if step % self.cfg.log.preview_every_steps == 0:
                     self.preview(step)
                 if self.ckpt.should_save(step):
@@ -207,17 +219,29 @@ class Trainer:
                    mfu=self.flops_per_step / step_time / PEAK_FLOPS / jax.device_count())
         self.metrics.write(step, out)
 
-    def _roll_back(self, step: int) -> None:
+    def _roll_back(self, step: int) -> int:
+        """Restores the last checkpoint after nan_patience non-finite steps in a row; returns the step
+        training continues from. The step is deterministic, so a second streak before a newer
+        checkpoint exists would only repeat itself: that stops the run instead of looping forever."""
+        self.ckpt.wait()  # a save still being written is not yet a checkpoint to restore
         latest = self.ckpt.latest_step()
+        streak = f"{self.cfg.train.nan_patience} non-finite steps in a row at step {step}"
+        advice = "lower train.lr or enable train.clipgrad"
         if latest is None:
-            raise UserError(f"{self.workdir}: {self.cfg.train.nan_patience} non-finite steps in a row at step {step} "
-                            "and no checkpoint to roll back to; lower train.lr or enable train.clipgrad")
-        print(f"warning: {self.cfg.train.nan_patience} non-finite steps in a row at step {step}; "
-              f"rolling back to the checkpoint of step {latest}")
+            raise UserError(f"{self.workdir}: {streak} and no checkpoint to roll back to; {advice}")
+        if latest == self._rolled_back_to:
+            raise UserError(f"{self.workdir}: {streak} again after rolling back to step {latest}; {advice}")
+        print(f"warning: {streak}; rolling back to the checkpoint of step {latest}")
+        self._rolled_back_to = latest
         self.state = self._restore_or_start(self.state)
+        restored = int(self.state["step"])
+        self.metrics.close()  # the replayed steps' records replace the abandoned ones
+        self.metrics = MetricsWriter(self.workdir, is_main_process=jax.process_index() == 0,
+                                     resume_step=restored)
+        return restored
 
     def preview(self, step: int) -> str:
-        """Writes preview.png (and a numbered copy) from the validation faces."""
+        """Writes preview.png from the validation faces."""
         _, _, aug, preds = self.eval_fn(self.state["params"], self._validation_batch(), self.state["step"])
         aug, preds = jax.device_get((aug, preds))
         path = os.path.join(self.workdir, "preview.png")
