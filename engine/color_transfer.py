@@ -18,26 +18,28 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 
-# OpenCV's sRGB (D65) <-> XYZ matrices and white point, as documented for cv2.cvtColor.
-_RGB_TO_XYZ = jnp.array([
+# OpenCV's sRGB (D65) <-> XYZ matrices and white point, as documented for cv2.cvtColor. NumPy
+# constants: creating JAX arrays at import would start JAX's backend before jax.distributed.initialize.
+_RGB_TO_XYZ = np.array([
     [0.412453, 0.357580, 0.180423],
     [0.212671, 0.715160, 0.072169],
     [0.019334, 0.119193, 0.950227],
-], jnp.float32)
-_XYZ_TO_RGB = jnp.array([
+], np.float32)
+_XYZ_TO_RGB = np.array([
     [3.240479, -1.53715, -0.498535],
     [-0.969256, 1.875991, 0.041556],
     [0.055648, -0.204043, 1.057311],
-], jnp.float32)
-_WHITE = jnp.array([0.950456, 1.0, 1.088754], jnp.float32)
+], np.float32)
+_WHITE = np.array([0.950456, 1.0, 1.088754], np.float32)
 _EPSILON = 0.008856  # (6/29)^3: where the cube root meets the linear segment
 _KAPPA = 903.3  # L of the linear segment: L = 903.3 * Y
 _LINEAR_SLOPE = 7.787
 _LINEAR_OFFSET = 16.0 / 116.0
 _MIN_STD = 1e-3  # Lab units: a flat channel is not blown up to infinity
-_LAB_LOW = jnp.array([0.0, -127.0, -127.0], jnp.float32)
-_LAB_HIGH = jnp.array([100.0, 127.0, 127.0], jnp.float32)
+_LAB_LOW = np.array([0.0, -127.0, -127.0], np.float32)
+_LAB_HIGH = np.array([100.0, 127.0, 127.0], np.float32)
 
 
 def rgb_to_lab(rgb: jnp.ndarray) -> jnp.ndarray:
