@@ -94,7 +94,7 @@ class Checkpointer:
     def __init__(self, workdir: str | os.PathLike, keep: int = 3, every_steps: int = 1000,
                  every_minutes: float = 25.0, clock: Callable[[], float] = time.monotonic):
         """`every_steps` / `every_minutes` <= 0 turn that trigger off; `clock` is for tests."""
-        self.directory = os.path.join(os.fspath(workdir), "checkpoints")
+        self.directory = os.path.join(os.path.abspath(os.fspath(workdir)), "checkpoints")  # orbax needs absolute paths
         self.every_steps = int(every_steps)
         self.every_minutes = float(every_minutes)
         self._clock = clock

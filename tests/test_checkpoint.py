@@ -344,3 +344,20 @@ def test_safe_edits_are_allowed_and_optimizer_change_warns():
 
 if __name__ == "__main__":
     four_device_job(sys.argv[1])
+
+
+def test_relative_workdir_is_accepted(tmp_path, monkeypatch):
+    """`--workdir=runs/x` is what users type; orbax itself only takes absolute paths."""
+    import jax.numpy as jnp
+
+    from engine.checkpoint import Checkpointer
+
+    monkeypatch.chdir(tmp_path)
+    ck = Checkpointer("run_rel", keep=2, every_steps=1)
+    state = {"params": {"w": jnp.arange(4.0)}, "step": jnp.int32(3)}
+    ck.save(3, state, {"step": 3}, force=True)
+    ck.wait()
+    restored, meta = ck.restore({"params": {"w": jnp.zeros(4)}, "step": jnp.int32(0)})
+    ck.close()
+    assert meta["step"] == 3 and (tmp_path / "run_rel" / "checkpoints").is_dir()
+    assert jnp.array_equal(restored["params"]["w"], jnp.arange(4.0))
