@@ -111,11 +111,11 @@ class _DetectorPool:
     def detect_run(self, images: list[np.ndarray | None]) -> list[list[DetectedFace] | None]:
         """Faces of each frame of a run (None for a frame whose detection failed)."""
         det, out, previous = self._detector(), [], None
+        tracking = self._opts.track and self._opts.detector == "blazeface"
         for image in images:
             faces = None
             if image is not None:
                 try:
-                    tracking = self._opts.track and self._opts.detector == "blazeface"
                     faces = det.detect(image, previous=previous) if tracking else det.detect(image)
                 except Exception as e:  # one broken frame must not stop a long run
                     log.warning("detection failed on a frame (%s); skipped", e)
