@@ -1,4 +1,4 @@
-# Quick start: `make demo` (extract -> short training on bundled sample media) and `make test`.
+# Quick start: `make demo` (extract -> short training -> merge on bundled sample media) and `make test`.
 # Both bootstrap .venv with a Python >= 3.12 found on PATH or under pyenv.
 SHELL := /bin/bash
 VENV ?= .venv
@@ -41,8 +41,10 @@ demo: $(STAMP)
 	$(PY) -m preprocessing.faceset preview --faceset=$(DEMO_DIR)/data_src --output=$(DEMO_DIR)/preview_src.png
 	$(PY) -m preprocessing.faceset preview --faceset=$(DEMO_DIR)/data_dst --output=$(DEMO_DIR)/preview_dst.png
 	$(PY) -m engine.train --config=configs/demo.py --src=$(DEMO_DIR)/data_src --dst=$(DEMO_DIR)/data_dst --workdir=$(DEMO_DIR)/train
+	$(PY) -m engine.merge --workdir=$(DEMO_DIR)/train --input=$(DEMO_DIR)/media/carphone.mp4 --faceset=$(DEMO_DIR)/data_dst --output=$(DEMO_DIR)/result.mp4 --mask_output=$(DEMO_DIR)/result_mask.mp4 --config=configs/merge.py:overlay
 	@echo "demo done: facesets in $(DEMO_DIR)/data_src, $(DEMO_DIR)/data_dst (sheets $(DEMO_DIR)/preview_*.png);"
 	@echo "  training run in $(DEMO_DIR)/train: preview.png (src, src->src, dst, dst->dst, dst->src), metrics.jsonl, checkpoints/"
+	@echo "  merged video $(DEMO_DIR)/result.mp4 (+ result.mp4.preview.png, result.mp4.provenance.json, result_mask.mp4)"
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q

@@ -156,7 +156,7 @@ def test_output_shapes(archi, res):
         channels = 1 if name.endswith("m") else 3
         assert value.shape == (2, res, res, channels) and value.dtype == jnp.float32, name
     swap = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).swap(x), state, face)
-    assert [v.shape for v in swap] == [(2, res, res, 3), (2, res, res, 1)]
+    assert [v.shape for v in swap] == [(2, res, res, 3), (2, res, res, 1), (2, res, res, 1)]
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -315,6 +315,8 @@ def test_swap_path_and_wiring(kind, tiny_runs):
     out, other = run["out"], run["out_other_src"]
     np.testing.assert_allclose(run["swap"][0], out["pred_src_dst"], atol=1e-6)
     np.testing.assert_allclose(run["swap"][1], out["pred_src_dstm"], atol=1e-6)
+    # learned-dst: the training forward decodes dst's own code; swap() must give the same mask.
+    np.testing.assert_allclose(run["swap"][2], out["pred_dst_dstm"], atol=1e-6)
     # dst reconstructions and the swap depend on dst alone; src->src changes with src.
     for name in ("pred_dst_dst", "pred_dst_dstm", "pred_src_dst", "pred_src_dstm"):
         np.testing.assert_allclose(other[name], out[name], atol=1e-6)

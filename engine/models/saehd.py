@@ -236,13 +236,22 @@ class SAEHD(nnx.Module):
                 "pred_dst_dst": dst_dst, "pred_dst_dstm": dst_dstm,
                 "pred_src_dst": src_dst, "pred_src_dstm": src_dstm}
 
-    def swap(self, dst: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """dst faces -> (pred_src_dst, pred_src_dstm) alone: the merge program's forward."""
+    def swap(self, dst: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """dst faces -> (pred_src_dst, pred_src_dstm, pred_dst_dstm): the merge program's forward.
+
+        The third output is the dst decoder's mask ("learned-dst" in DFL's merger); its RGB is not
+        needed, so LIAE decodes the dst code once more for the mask only when it is asked for.
+        """
         feats = self.encode(dst)
         if self.archi.kind == "df":
-            return self.decoder_src(self.inter(feats))
+            z = self.inter(feats)
+            rgb, mask = self.decoder_src(z)
+            return rgb, mask, self.decoder_dst(z)[1]
         ab = self.inter_AB(feats)
-        return self.decoder(_concat_channels(ab, ab))
+        codes = jnp.concatenate([_concat_channels(ab, ab), _concat_channels(self.inter_B(feats), ab)], axis=0)
+        rgb, mask = self.decoder(codes)
+        n = dst.shape[0]
+        return rgb[:n], mask[:n], mask[n:]
 
 
 def param_counts(model: SAEHD) -> dict[str, int]:

@@ -173,6 +173,9 @@ class VideoWriter:
             self.abort()
             raise UserError(f"{self.path}: encoding failed (ffmpeg: {reason})")
         self._log.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp made it private; a finished video is not
         os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
