@@ -13,6 +13,15 @@ Commands (every command that changes faces writes a NEW faceset to --output; inp
   import      --input_dir=D --output=DIR [--face_type=whole_face] [--size=256]
   import-dfl  --input_dir=ALIGNED --output=DIR [--size=N]
   import-pak  --input=faceset.pak --output=DIR [--size=N]
+  xseg-import --faceset=DIR (--labels=FILE_OR_DIR [--label_format=auto|labelme|coco] | --from_dfl)
+              [--exclude_labels=exclude,ex,hole,-] [--replace]
+  xseg-export --faceset=DIR --output_dir=D [--what=labels|masks|overlay]
+  xseg-remove-labels --faceset=DIR
+
+The xseg-* commands are the sanctioned in-place change: they add or drop the faceset's XSeg label
+arrays (xseg_labels, xseg_labelled) and polygons.json, leaving every other array untouched.
+LabelMe/COCO label files name the PNGs `export` wrote (00012.png = face 12); labels or categories
+named in --exclude_labels are EXCLUDE polygons, all others INCLUDE.
 
 Sort methods (DeepFaceLab's): blur, motion-blur, face-yaw, face-pitch, source-rect-size, hist,
 hist-dissim, brightness, hue, black, origname, oneface, final (best faces), final-fast.
@@ -39,6 +48,10 @@ from preprocessing.faceset.reader import Faceset
 from preprocessing.faceset.resize import resize_faceset
 from preprocessing.faceset.sort import METHODS, Ordering, sort_faces
 from preprocessing.faceset.subset import check_new_output, write_subset
+from preprocessing.faceset.xseg_labels import (
+    DEFAULT_EXCLUDE_LABELS, EXPORT_KINDS, LABEL_FORMATS, export_xseg, import_xseg_labels, read_labels,
+    remove_xseg_labels,
+)
 
 FLAGS = flags.FLAGS
 
@@ -75,7 +88,7 @@ flags.DEFINE_integer("thumb_size", 128, "preview: thumbnail side in pixels.", lo
 flags.DEFINE_bool("show_landmarks", False, "preview: draw the 68 landmarks.")
 flags.DEFINE_bool("show_masks", False, "preview: tint the mask (XSeg if present, else the landmark hull).")
 # export
-flags.DEFINE_string("output_dir", None, "export: folder for the exported images (must be new or empty).")
+flags.DEFINE_string("output_dir", None, "export, xseg-export: folder for the exported images (must be new or empty).")
 flags.DEFINE_enum("format", "png", ["png", "jpg"], "export: image format of the faces.")
 flags.DEFINE_bool("masks", False, "export: also write <name>_mask.png for every face.")
 flags.DEFINE_bool("dfl", False, "export: write DeepFaceLab DFLJPG files with metadata (implies jpg).")
@@ -83,6 +96,17 @@ flags.DEFINE_integer("quality", 90, "export: JPEG quality.", lower_bound=1, uppe
 # import
 flags.DEFINE_string("input_dir", None, "import: folder of aligned face images; import-dfl: DFL aligned folder.")
 flags.DEFINE_string("input", None, "import-pak: DeepFaceLab faceset.pak file.")
+# xseg labels
+flags.DEFINE_string("labels", None, "xseg-import: a LabelMe JSON file, a COCO JSON file or a folder of them.")
+flags.DEFINE_enum("label_format", "auto", list(LABEL_FORMATS), "xseg-import: format of --labels (auto: by content).")
+flags.DEFINE_list("exclude_labels", list(DEFAULT_EXCLUDE_LABELS),
+                  "xseg-import: label / category names (case-insensitive) of EXCLUDE polygons; others INCLUDE.")
+flags.DEFINE_bool("from_dfl", False, "xseg-import: rasterise the polygons already in polygons.json "
+                  "(DeepFaceLab's, kept by import-dfl) instead of reading --labels.")
+flags.DEFINE_bool("replace", False, "xseg-import: faces named in --labels get exactly its polygons "
+                  "(default: they are added to the face's existing ones).")
+flags.DEFINE_enum("what", "labels", list(EXPORT_KINDS), "xseg-export: labels (labelled faces), masks "
+                  "(the applied xseg_masks) or overlay (the mask tinted on each face).")
 
 
 def _required(name: str, command: str) -> str:
@@ -186,6 +210,23 @@ def _import_dfl(input_flag: str, command: str) -> str:
                       progress=FLAGS.progress).line()
 
 
+def cmd_xseg_import() -> str:
+    fs = _open_input("xseg-import")
+    if bool(FLAGS.labels) == FLAGS.from_dfl:
+        raise UserError("xseg-import: give either --labels=FILE_OR_FOLDER or --from_dfl")
+    if FLAGS.replace and FLAGS.from_dfl:
+        raise UserError("xseg-import: --replace needs --labels")
+    labels = None if FLAGS.from_dfl else read_labels(
+        FLAGS.labels, size=fs.size, count=fs.count, exclude_labels=FLAGS.exclude_labels,
+        label_format=FLAGS.label_format)
+    return import_xseg_labels(fs, labels, replace=FLAGS.replace).line()
+
+
+def cmd_xseg_export() -> str:
+    fs = _open_input("xseg-export")
+    return export_xseg(fs, _required("output_dir", "xseg-export"), what=FLAGS.what, progress=FLAGS.progress).line()
+
+
 COMMANDS: dict[str, Callable[[], str]] = {
     "info": cmd_info,
     "sort": cmd_sort,
@@ -196,6 +237,9 @@ COMMANDS: dict[str, Callable[[], str]] = {
     "import": cmd_import,
     "import-dfl": lambda: _import_dfl("input_dir", "import-dfl"),
     "import-pak": lambda: _import_dfl("input", "import-pak"),
+    "xseg-import": cmd_xseg_import,
+    "xseg-export": cmd_xseg_export,
+    "xseg-remove-labels": lambda: remove_xseg_labels(_required("faceset", "xseg-remove-labels")),
 }
 
 

@@ -28,6 +28,7 @@ RECORD_SHAPES: dict[str, tuple[str, tuple[int, ...]]] = {
     "score": ("float32", ()),
     "blur": ("float32", ()),
     "pose": ("float32", (3,)),                 # pitch, yaw, roll
+    "xseg_labelled": ("uint8", ()),            # 1 = the face has XSeg polygons (in xseg_labels)
 }
 
 # Provenance: where each face came from. FacesetWriter stores them always; add_frame fills them
@@ -40,7 +41,7 @@ STANDARD_ARRAYS = (
     "source_rects", "frame_index", "source_id", "face_index", "score", "blur", "pose",
 )
 
-RESERVED_ARRAYS = ("xseg_labels", "xseg_masks")
+RESERVED_ARRAYS = ("xseg_labels", "xseg_labelled", "xseg_masks")
 
 # Hand-drawn XSeg polygons beside the arrays, in face pixels:
 # {"<face index>": [{"type": 0|1, "pts": [[x, y], ...]}]}. Tools that reorder or resize faces
