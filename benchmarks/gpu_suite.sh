@@ -7,17 +7,22 @@
 # `make gpu-bundle` here first and carry the .whl/ folder with the command. The suite installs
 # those wheels (and nothing else) into /tmp/site and puts them on PYTHONPATH.
 #
-# Cases run in priority order (the headline numbers first) in ONE process, so JAX starts and the
-# faceset is built once; each finished case is appended at once as a Markdown row to
-# OUT_DIR/train_throughput.md and the JSON OUT_DIR/train_throughput.json is rewritten, so a run cut
-# short keeps every case it finished. No case starts after BUDGET_S seconds (default 170; compiling
-# the two steps dominates each case, an estimated 30-60 s on the GPU, not yet measured there), and
-# `timeout` stops the run at 230 s.
+# 1. benchmarks.train_throughput: cases in priority order (the headline numbers first) in ONE
+#    process, so JAX starts and the faceset is built once; each finished case is appended at once as
+#    a Markdown row to OUT_DIR/train_throughput.md and the JSON OUT_DIR/train_throughput.json is
+#    rewritten, so a run cut short keeps every case it finished. No case starts after BUDGET_S
+#    seconds (default 110: on an H200 a case took ~50 s, mostly compiling), and `timeout` stops it
+#    at 170 s.
+# 2. benchmarks.train_breakdown: the first case's step split into data, augmentation, losses, model
+#    and full step (OUT_DIR/train_breakdown.md and .json), stopped at 60 s. Its full and model-only
+#    steps are the first part's programs, found in the persistent XLA cache set below (on an H200
+#    with 128 faces it took 73 s with a cold cache, 30 s with one holding the model-only step).
 # OUT_DIR/env.txt records the card and versions: name the card when recording the numbers.
 #
 # --smoke shrinks everything to one tiny case (32 px, batch 2, 2 steps) to check the script end to
 # end on a CPU, e.g. PYTHON=.venv/bin/python benchmarks/gpu_suite.sh --smoke /tmp/suite.
-# Environment: PYTHON (default python3), WHEELS (the wheel folder, default .whl), BUDGET_S.
+# Environment: PYTHON (default python3), WHEELS (the wheel folder, default .whl), BUDGET_S,
+# JAX_COMPILATION_CACHE_DIR (default /tmp/gpu_suite_xla_cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +31,7 @@ if [[ "${1:-}" == "--smoke" ]]; then smoke=1; shift; fi
 out=${1:-${OUT:-bench_out}}
 python=${PYTHON:-python3}
 wheels=${WHEELS:-.whl}
-budget=${BUDGET_S:-170}
+budget=${BUDGET_S:-110}
 mkdir -p "$out"
 
 if compgen -G "$wheels/*.whl" >/dev/null; then
@@ -47,7 +52,9 @@ fi
 if (( smoke )); then
   cases=tiny:32:2
   args=(--steps=2 --warmup=1 --faces=16)
+  breakdown=(--cases=tiny:32:2 "${args[@]}")
 else
+  breakdown=(--cases=liae-ud:128:32 --steps=20 --warmup=3 --faces=128)
   # Priority: both archis at 128 px, then 256 px, then larger batches, then plain LIAE at 128 px
   # batch 32 (GPU_MACHINE.md's anchor network: 95 M parameters; compare its model-only step time).
   cases=liae-ud:128:32,df-ud:128:32,liae-ud:256:16,df-ud:256:16,liae-ud:128:64,liae-ud:256:32,liae:128:32
@@ -64,12 +71,20 @@ fi
 cat "$out/env.txt"
 
 export PYTHONUNBUFFERED=1
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/gpu_suite_xla_cache}
 status=0
-timeout 230 "$python" -m benchmarks.train_throughput --cases="$cases" "${args[@]}" --budget_s="$budget" \
-  --output="$out/train_throughput.json" 2>"$out/train_throughput.log" | tee "$out/train_throughput.md" \
-  || status=$?
-if (( status )); then
-  echo "train_throughput exited with status $status; the last lines of $out/train_throughput.log:" >&2
-  tail -n 5 "$out/train_throughput.log" >&2
-fi
+# run NAME SECONDS FLAGS...: one benchmark program, its table tee'd to OUT_DIR/NAME.md.
+run() {
+  local name=$1 seconds=$2 rc=0
+  shift 2
+  timeout "$seconds" "$python" -m "benchmarks.$name" "$@" --output="$out/$name.json" 2>"$out/$name.log" \
+    | tee "$out/$name.md" || rc=$?
+  if (( rc )); then
+    echo "$name exited with status $rc; the last lines of $out/$name.log:" >&2
+    tail -n 5 "$out/$name.log" >&2
+    status=$rc
+  fi
+}
+run train_throughput 170 --cases="$cases" "${args[@]}" --budget_s="$budget"
+run train_breakdown 60 "${breakdown[@]}"
 exit "$status"

@@ -6,8 +6,9 @@ has the same structure as configs/saehd.py, so the same trainer runs it. ARG: em
 or `tiny` (the same network shape family at 32 px with a few dims, for tests on a CPU).
 
 Quick96 also differs from SAEHD in training details the config does not spell out (its lr_dropout
-has no cosine schedule, its loss weights and mask blur, a no-warp step every third iteration);
-`name == "quick96"` tells the trainer which recipe to follow.
+has no cosine schedule, its loss weights and mask blur, a zoom of ±5% instead of ±15%, and every
+third iteration a no-warp step on the previous batch); `name == "quick96"` tells the trainer which
+recipe to follow (engine/train_step.py).
 """
 from __future__ import annotations
 

@@ -23,9 +23,13 @@ from flax import nnx
 
 from engine import losses
 from engine.augment import augment_batch
+from engine.augment.pipeline import SCALE_RANGE
 
 Batch = dict[str, dict[str, jax.Array]]
 State = dict[str, Any]
+
+QUICK96_SCALE_RANGE = (-0.05, 0.05)  # Quick96's milder zoom (DFL_SPEC §3.8)
+QUICK96_NO_WARP_EVERY = 3  # Quick96 trains every 3rd iteration on its previous batch, unwarped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +47,7 @@ class StepOptions:
     hsv_power: float = 0.0
     ct_mode: str = "none"
     micro_batches: int = 1
-    quick96: bool = False  # Quick96's loss: plain blurred mask, no clip/x2
+    quick96: bool = False  # Quick96's recipe: see QUICK96_* and `reuses_previous_batch`
 
     @classmethod
     def from_config(cls, cfg) -> "StepOptions":
@@ -55,22 +59,44 @@ class StepOptions:
             ct_mode=t.ct_mode, micro_batches=t.micro_batches, quick96=cfg.name == "quick96")
 
 
+def reuses_previous_batch(opts: StepOptions, step: int | jax.Array) -> bool | jax.Array:
+    """Quick96's no-warp steps (DFL_SPEC §3.8): at steps 3, 6, 9, ... (the number of steps done
+    before, DFL's iteration counter) DFL trains again on the previous step's samples with each
+    input replaced by its target. The trainer feeds the previous batch again; the step recognises
+    these steps from its traced step counter, so one compiled program serves both kinds.
+    Works on Python ints (the trainer) and traced int32 scalars (the step)."""
+    if not opts.quick96:
+        return False
+    return (step % QUICK96_NO_WARP_EVERY == 0) & (step > 0)
+
+
 def augmented_inputs(opts: StepOptions, step: jax.Array, batch: Batch) -> dict[str, jax.Array]:
-    """Model inputs and loss targets for one batch (float32, model resolution)."""
+    """Model inputs and loss targets for one batch (float32, model resolution).
+
+    On a no-warp step the augmentation draws the previous step's randomness (its affine jitter),
+    so with the previous batch fed again the targets are exactly that step's.
+    """
+    no_warp = reuses_previous_batch(opts, step)
+    draw_step = jnp.where(no_warp, step - 1, step) if opts.quick96 else step
     return augment_batch(
-        opts.seed, step, batch["src"], batch["dst"], resolution=opts.resolution,
+        opts.seed, draw_step, batch["src"], batch["dst"], resolution=opts.resolution,
         random_warp=opts.random_warp, src_flip=opts.src_flip, dst_flip=opts.dst_flip,
-        hsv_power=opts.hsv_power, ct_mode=opts.ct_mode)
+        hsv_power=opts.hsv_power, ct_mode=opts.ct_mode,
+        scale_range=QUICK96_SCALE_RANGE if opts.quick96 else SCALE_RANGE, input_is_target=no_warp)
+
+
+def step_losses(opts: StepOptions, aug: dict[str, jax.Array],
+                preds: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The step's reconstruction losses with its options (shared with benchmarks/train_breakdown.py)."""
+    return losses.saehd_losses(
+        aug, preds, resolution=opts.resolution, masked_training=opts.masked_training,
+        eyes_mouth_prio=opts.eyes_mouth_prio, blur_out_mask=opts.blur_out_mask, quick96=opts.quick96)
 
 
 def _loss_fn(graphdef: nnx.GraphDef, opts: StepOptions):
     def loss(params, aug: dict[str, jax.Array]):
         model = nnx.merge(graphdef, params)
-        preds = model(aug["warped_src"], aug["warped_dst"])
-        total, terms = losses.saehd_losses(
-            aug, preds, resolution=opts.resolution, masked_training=opts.masked_training,
-            eyes_mouth_prio=opts.eyes_mouth_prio, blur_out_mask=opts.blur_out_mask, quick96=opts.quick96)
-        return total, terms
+        return step_losses(opts, aug, model(aug["warped_src"], aug["warped_dst"]))
 
     return loss
 

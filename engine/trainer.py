@@ -26,7 +26,8 @@ from engine.flops import step_flops
 from engine.metrics import MetricsWriter
 from engine.models import SAEHD, parse_archi, validate_model_config
 from engine.preview import write_preview_grid
-from engine.train_step import StepOptions, init_state, make_eval_step, make_train_step
+from engine.train_step import (StepOptions, init_state, make_eval_step, make_train_step,
+                               reuses_previous_batch)
 from preprocessing.errors import UserError
 from preprocessing.face_types import FaceType
 
@@ -174,13 +175,13 @@ class Trainer:
         window_start, window_steps = time.perf_counter(), 0
         bar = tqdm(total=t.max_steps or None, initial=start_step, unit="step", disable=not self.progress)
         try:
-            step = start_step
+            step, batch = start_step, None
             while True:
                 if t.max_steps and step >= t.max_steps:
                     break
                 if deadline and time.time() > deadline or self._stop_signal:
                     break
-                batch = self.data.next_batch()
+                batch = self._batch_for(step, batch)
                 self.state, metrics = self.step_fn(self.state, batch)
                 step += 1
                 window_steps += 1
@@ -192,7 +193,7 @@ class Trainer:
                     window_start, window_steps = time.perf_counter(), 0
                     bar.set_postfix(src=f"{last['src_loss']:.4f}", dst=f"{last['dst_loss']:.4f}", refresh=False)
                     if last["nonfinite"] >= t.nan_patience:
-                        step = self._roll_back(step)
+                        step, batch = self._roll_back(step), None
                         bar.n = step
                 if step % self.cfg.log.preview_every_steps == 0:
                     self.preview(step)
@@ -208,6 +209,19 @@ class Trainer:
         self.ckpt.wait()
         self.preview(int(self.state["step"]))
         return last
+
+    def _batch_for(self, step: int, previous: dict | None) -> dict:
+        """The next batch, or the previous one again on Quick96's no-warp steps. Without one in
+        hand (just resumed) the data position steps back one batch to fetch it again, so a resumed
+        run feeds what the uninterrupted one did."""
+        if not reuses_previous_batch(self.opts, step):
+            return self.data.next_batch()
+        if previous is None:
+            back = self.cfg.train.batch_size
+            self.data.restore({side: {**pos, "samples": max(0, pos["samples"] - back)}
+                               for side, pos in self.data.state().items()})
+            previous = self.data.next_batch()
+        return previous
 
     def _log(self, step: int, metrics: dict[str, float], step_time: float) -> None:
         """Metrics of this step plus validation loss; step_time = mean wall time per step since the last log."""

@@ -9,6 +9,7 @@ Tolerances (measured values in brackets, on opencv-python-headless 5.0):
   (4.6 sigma), uniformity by Kolmogorov-Smirnov p > 1e-3;
 * geometry read back from coordinate-ramp images: affine fit residual <= 0.01 px;
 * one batch on 2 forced CPU devices vs 1 device: <= 1e-4 [1.5e-5, float rounding of another fusion].
+* the same batch through a program with the traced input_is_target flag: <= 1e-4 [1.4e-5, likewise].
 """
 from __future__ import annotations
 
@@ -334,6 +335,28 @@ def test_a_sample_does_not_depend_on_its_batch_position_or_companions(batches, f
     for seed, step in ((0, 6), (1, 5)):
         again = np.asarray(_full(seed, step, src, dst)["warped_src"])
         assert np.abs(again - full_output["warped_src"]).mean(axis=(1, 2, 3)).min() > 0.01
+
+
+def test_input_is_target_makes_every_input_its_target_in_the_same_program(batches, full_output):
+    """Quick96's no-warp steps: a traced flag makes each input exactly its target (no elastic warp,
+    no HSV jitter) and leaves targets and masks as drawn; one compiled program serves both values."""
+    src, dst = batches
+    traces = []
+
+    def run(flag):
+        traces.append(flag)
+        return augment_batch(0, 5, src, dst, **FULL, input_is_target=flag)
+
+    run = jax.jit(run)
+    for flag in (False, True):
+        out = {k: np.asarray(v) for k, v in run(jnp.bool_(flag)).items()}
+        for name, value in out.items():
+            if flag and name.startswith("warped_"):
+                np.testing.assert_array_equal(value, out[name.replace("warped", "target")])
+            else:  # as without the flag: another program, float rounding of other fusions [1.4e-5]
+                assert np.abs(value - full_output[name]).max() <= 1e-4, name
+    assert len(traces) == 1
+    assert np.abs(full_output["warped_src"] - full_output["target_src"]).mean() > 0.01  # the flag mattered
 
 
 _SHARDED_RUN = """

@@ -1,8 +1,8 @@
-"""Smoke tests of the training throughput benchmark and the GPU suite that runs it.
+"""Smoke tests of the training throughput and breakdown benchmarks and the GPU suite that runs them.
 
-The suite's --smoke mode runs benchmarks.train_throughput on one tiny case (32 px, batch 2,
-2 timed steps) on the CPU: one subprocess, shared by the tests below, checks the script, the
-printed Markdown table and the JSON. The numbers are checked against their stated definitions
+The suite's --smoke mode runs benchmarks.train_throughput and benchmarks.train_breakdown on one
+tiny case (32 px, batch 2, 2 timed steps) on the CPU: one subprocess, shared by the tests below,
+checks the script, the printed Markdown tables and the JSON. The numbers are checked against their stated definitions
 (samples/s = 2 x batch / median step time, MFU against 790 TFLOP/s, ...) and against independent
 counts of the model (parameters from an abstract model, FLOPs from engine.flops).
 """
@@ -119,6 +119,34 @@ def test_model_counts_match_the_network(result):
     trained = BATCH * (2 * per_sample["encoder"] + 2 * per_sample["inter_AB"] + per_sample["inter_B"]
                        + 2 * per_sample["decoder"])
     assert r["flops_per_step"] == 3 * trained + BATCH * per_sample["decoder"]
+
+
+def test_breakdown_reports_each_part_and_its_share_of_the_full_step(suite):
+    """benchmarks.train_breakdown: medians of the timed rounds per part, share = part / full step,
+    rest = full step - augment - losses - model, and a Markdown table that prints the JSON numbers."""
+    stdout, out = suite
+    report = json.loads((out / "train_breakdown.json").read_text())
+    assert report["machine"]["platform"] == "cpu" and report["steps"] == STEPS
+    (r,) = report["results"]
+    assert (r["config"], r["resolution"], r["batch"], r["dtype"]) == ("tiny", RESOLUTION, BATCH, "float32")
+    ms = r["ms"]
+    parts = ("data", "augment", "losses", "model", "full step")
+    for name in parts:
+        assert len(r["ms_all"][name]) == STEPS
+        assert ms[name] == pytest.approx(float(np.median(r["ms_all"][name])), rel=1e-12)
+        assert 0 < ms[name] < 60_000
+    assert ms["rest"] == pytest.approx(ms["full step"] - ms["augment"] - ms["losses"] - ms["model"], abs=1e-9)
+    assert set(r["share"]) == set(ms)
+    for name, value in ms.items():
+        assert r["share"][name] == pytest.approx(value / ms["full step"], rel=1e-12)
+    table = (out / "train_breakdown.md").read_text().splitlines()
+    assert set(table) <= set(stdout.splitlines())  # tee'd as printed
+    rows = {cells[0]: cells[1:] for cells in map(_cells, table) if cells[0] in ms}
+    assert list(rows) == [*parts, "rest"]
+    for name, (ms_cell, share_cell) in rows.items():
+        assert float(ms_cell) == pytest.approx(ms[name], abs=0.0051)
+        assert float(share_cell.rstrip("%")) == pytest.approx(100 * r["share"][name], abs=0.51)
+    assert "Traceback" not in (out / "train_breakdown.log").read_text()
 
 
 def test_failed_case_is_reported_and_the_run_goes_on(tmp_path):

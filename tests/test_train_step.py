@@ -1,17 +1,22 @@
-"""The pure training step on a synthetic batch: gradient accumulation and the non-finite guard."""
+"""The pure training step on a synthetic batch: gradient accumulation, the non-finite guard, and
+Quick96's recipe (DFL_SPEC §3.8: a no-warp step on the previous batch every 3rd iteration, zoom
+±0.05) in the step and in the trainer."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import saehd
+from benchmarks.data_throughput import build
+from configs import quick96, saehd
 from engine import optim
-from engine.train_step import StepOptions, init_state, make_train_step
-from engine.trainer import init_model
+from engine.train_step import StepOptions, augmented_inputs, init_state, make_train_step
+from engine.trainer import Trainer, init_model
 
 B, S = 4, 32
 
@@ -81,3 +86,124 @@ def test_non_finite_step_is_skipped(setup):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     good, _ = step(new, batch)
     assert int(good["counters"]["nonfinite"]) == 0 and int(good["counters"]["skipped"]) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Quick96
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def quick96_augment():
+    """(jitted augmented_inputs of tiny Quick96 with a traced step, a list that counts its traces)."""
+    traces = []
+
+    def augment(step, batch):
+        traces.append(step)
+        return augmented_inputs(StepOptions.from_config(quick96.get_config("tiny")), step, batch)
+
+    return jax.jit(augment), traces
+
+
+def test_quick96_every_third_step_trains_unwarped_on_the_previous_draws(setup, quick96_augment):
+    """Steps 3 and 6 (DFL's iteration counter % 3 == 0, not the first): every input is bit for bit its
+    target, and the targets and masks are those of the step before (the trainer feeds that step's
+    batch again). The other steps are warped. One compiled program serves all steps."""
+    _, _, _, batch = setup
+    augment, traces = quick96_augment
+    outs = [{k: np.asarray(v) for k, v in augment(jnp.int32(step), batch).items()} for step in range(7)]
+    assert len(traces) == 1
+    for step, out in enumerate(outs):
+        for side in ("src", "dst"):
+            difference = np.abs(out[f"warped_{side}"] - out[f"target_{side}"]).mean(axis=(1, 2, 3))
+            if step in (3, 6):
+                np.testing.assert_array_equal(out[f"warped_{side}"], out[f"target_{side}"])
+                # The same program and draws: equal up to float rounding (bit-identical on x86 CPUs).
+                for name in (f"target_{side}", f"target_{side}m", f"target_{side}m_em"):
+                    np.testing.assert_allclose(out[name], outs[step - 1][name], rtol=0, atol=1e-6)
+            else:  # warped: >= 0.009 per sample here; not warped: 0
+                assert difference.min() > 1e-3, (step, side, difference)
+    # Fresh affine draws on the warped steps: step 1's targets are not step 0's.
+    assert np.abs(outs[1]["target_src"] - outs[0]["target_src"]).mean(axis=(1, 2, 3)).min() > 0.01
+
+
+def _ramp_batch(size: int, ids: np.ndarray) -> dict[str, jax.Array]:
+    """Faces whose R and G channels hold 8x their pixel's x and y: the target then tells, pixel by
+    pixel, where in the face it sampled (bicubic reproduces a ramp)."""
+    yy, xx = np.mgrid[:size, :size]
+    face = np.stack([xx * 8, yy * 8, np.zeros_like(xx)], -1).astype(np.uint8)
+    n = len(ids)
+    masks = np.full((n, size, size, 1), 255, np.uint8)
+    return {"faces": jnp.asarray(np.repeat(face[None], n, axis=0)), "masks": jnp.asarray(masks),
+            "eyes_mouth_masks": jnp.asarray(masks), "sample_ids": jnp.asarray(ids, jnp.int32),
+            "base_matrices": jnp.asarray(np.tile(np.array([[1, 0, 0], [0, 1, 0]], np.float32), (n, 1, 1)))}
+
+
+def _zooms(augment, steps: range) -> np.ndarray:
+    """The affine zoom of every target of `steps`, fitted from ramp faces: output -> face pixel map A,
+    zoom = 1/sqrt|det A| (the re-crop is the identity here, DFL's 64 px warp width cancels out)."""
+    zooms = []
+    for step in steps:
+        ids = np.arange(B) + 10 * step
+        out = augment(jnp.int32(step), {"src": _ramp_batch(S, ids), "dst": _ramp_batch(S, ids + 1000)})
+        for side in ("src", "dst"):
+            for target in np.asarray(out[f"target_{side}"], np.float64) * 255 / 8:
+                fx, fy = target[..., 0], target[..., 1]
+                inside = (fx > 1) & (fx < S - 3) & (fy > 1) & (fy < S - 3)  # away from the replicated edge
+                gy, gx = np.nonzero(inside)
+                design = np.stack([gx, gy, np.ones_like(gx)], axis=1).astype(np.float64)
+                fit, *_ = np.linalg.lstsq(design, np.stack([fx[inside], fy[inside]], axis=1), rcond=None)
+                # OpenCV's bicubic (a = -0.75) reproduces a ramp to ~0.07 px, so the map is affine to that.
+                assert np.abs(design @ fit - np.stack([fx[inside], fy[inside]], axis=1)).max() < 0.1
+                zooms.append(1.0 / np.sqrt(abs(np.linalg.det(fit[:2]))))
+    return np.array(zooms)
+
+
+def test_quick96_zooms_by_at_most_5_percent(quick96_augment):
+    """Quick96 draws its zoom from U[1/1.05, 1.05] (SAEHD: U[1/1.15, 1.15]). Tolerance 2e-3: the
+    zoom fitted from the ramps (residuals < 0.05 px over ~30 px)."""
+    augment, _ = quick96_augment
+    zooms = _zooms(augment, range(3))
+    assert zooms.min() >= 1 / 1.05 - 2e-3 and zooms.max() <= 1.05 + 2e-3
+    assert np.ptp(zooms) > 0.05  # 24 draws spread over most of the 0.098 wide range
+    saehd_augment = jax.jit(functools.partial(augmented_inputs, StepOptions.from_config(saehd.get_config("tiny"))))
+    saehd_zooms = _zooms(saehd_augment, range(1))
+    assert saehd_zooms.min() >= 1 / 1.15 - 2e-3 and saehd_zooms.max() <= 1.15 + 2e-3
+    assert np.mean((saehd_zooms < 1 / 1.05 - 2e-3) | (saehd_zooms > 1.05 + 2e-3)) > 0.25  # expected 0.64
+
+
+def _metrics(workdir) -> dict[int, dict]:
+    with open(workdir / "metrics.jsonl", encoding="utf-8") as f:
+        return {r["step"]: r for r in map(json.loads, f)}
+
+
+def _quick96_run(faceset: str, workdir, max_steps: int) -> dict:
+    cfg = quick96.get_config("tiny")
+    cfg.train.max_steps = max_steps
+    cfg.log.update(every_steps=1, preview_every_steps=1000)
+    cfg.checkpoint.update(every_steps=1000, every_minutes=0.0)
+    trainer = Trainer(cfg, faceset, faceset, str(workdir), progress=False)
+    try:
+        trainer.run()
+        return trainer.data.state()
+    finally:
+        trainer.close()
+
+
+@pytest.mark.slow
+def test_quick96_trainer_feeds_the_previous_batch_again_and_resumes_exactly(tmp_path):
+    """5 steps take 4 batches (step 3 reuses step 2's). Stopped after 3 steps and resumed, the run
+    fetches step 2's batch again for step 3 and reproduces the uninterrupted run's losses exactly
+    (one CPU device: deterministic)."""
+    faceset = str(tmp_path / "faces")
+    build(faceset, 24, 64)
+    batch = quick96.get_config("tiny").train.batch_size
+    whole = _quick96_run(faceset, tmp_path / "whole", 5)
+    assert whole["src"]["samples"] == whole["dst"]["samples"] == 4 * batch
+    assert _quick96_run(faceset, tmp_path / "parts", 3)["src"]["samples"] == 3 * batch
+    resumed = _quick96_run(faceset, tmp_path / "parts", 5)
+    assert resumed == whole
+    expected, got = _metrics(tmp_path / "whole"), _metrics(tmp_path / "parts")
+    assert sorted(got) == sorted(expected) == [1, 2, 3, 4, 5]
+    for step in (4, 5):
+        for key in ("loss", "src_loss", "dst_loss"):
+            assert got[step][key] == expected[step][key], (step, key)

@@ -50,6 +50,7 @@ from engine.color_transfer import rct_apply, rct_moments
 FLIP_PROB = 0.4  # DFL's random_src_flip / random_dst_flip probability
 MIN_WARP_WIDTH = 64  # DFL draws warps for narrower images at this width
 CT_MODES = ("none", "rct")
+SCALE_RANGE = (-0.15, 0.15)  # DFL's gen_warp_params default: zoom U[1/1.15, 1.15]
 INPUT_KEYS = ("faces", "masks", "eyes_mouth_masks", "base_matrices", "sample_ids")
 _SIDE_STREAM = {"src": 0, "dst": 1}
 
@@ -75,9 +76,10 @@ def augment_batch(
     dst_flip: bool,
     hsv_power: float,
     ct_mode: str = "none",
-    scale_range: Sequence[float] = (-0.15, 0.15),
+    scale_range: Sequence[float] = SCALE_RANGE,
     rotation_range: Sequence[float] = (-10.0, 10.0),
     shift_range: Sequence[float] = (-0.05, 0.05),
+    input_is_target: bool | jax.Array = False,
 ) -> dict[str, jax.Array]:
     """Augments one src and one dst batch; jittable (all keyword options are static Python values).
 
@@ -87,7 +89,9 @@ def augment_batch(
     hsv_power (0 = off) jitters the src input; ct_mode "rct" recolours the src input and target
     toward the dst target at the same batch position (using the src target's statistics for both).
     rotation_range (degrees) and shift_range (fractions of the width) exist so tests can turn the
-    jitter off; training keeps DFL's defaults.
+    jitter off; training keeps DFL's defaults (Quick96 narrows scale_range).
+    input_is_target may be traced: where it is true, every input is exactly its target (no elastic
+    warp, no HSV jitter), as on Quick96's no-warp steps, without compiling a second program.
     """
     if ct_mode not in CT_MODES:
         raise ValueError(f"ct_mode {ct_mode!r} is not supported; expected one of {CT_MODES}")
@@ -115,6 +119,8 @@ def augment_batch(
 
     result = {}
     for side, out in outputs.items():
+        if input_is_target is not False:  # a select, so the input is bit for bit the target
+            out["warped"] = jnp.where(input_is_target, out["target"], out["warped"])
         result[f"warped_{side}"] = out["warped"]
         result[f"target_{side}"] = out["target"]
         result[f"target_{side}m"] = out["target_mask"]
