@@ -44,7 +44,7 @@ def get_config(arg: str = "liae-ud") -> ml_collections.ConfigDict:
         "random_src_flip": False,
         "random_dst_flip": True,
         "random_hsv_power": 0.0,
-        "ct_mode": "none",  # none|rct
+        "ct_mode": "none",  # none|rct|lct|mkl|idt|sot: recolour src samples toward dst samples
         "max_steps": 0,  # 0 = until stopped
         "max_minutes": 0.0,
         "compute_dtype": "auto",  # auto (bf16 on GPU/TPU, fp32 on CPU)|float32|bfloat16

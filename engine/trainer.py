@@ -20,6 +20,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from engine import optim, parallel
+from engine.augment.pipeline import CT_MODES
 from engine.checkpoint import Checkpointer, check_config_compatible
 from engine.data import TrainData
 from engine.flops import step_flops
@@ -57,8 +58,8 @@ def validate_config(cfg) -> None:
                         f"train.micro_batches={t.micro_batches}")
     if t.optimizer not in ("adabelief", "rmsprop"):
         raise UserError(f"--config.train.optimizer={t.optimizer!r}: choose adabelief or rmsprop")
-    if t.ct_mode not in ("none", "rct"):
-        raise UserError(f"--config.train.ct_mode={t.ct_mode!r}: choose none or rct")
+    if t.ct_mode not in CT_MODES:
+        raise UserError(f"--config.train.ct_mode={t.ct_mode!r}: choose one of {', '.join(CT_MODES)}")
     if not 0.0 <= t.random_hsv_power <= 0.3:
         raise UserError(f"--config.train.random_hsv_power={t.random_hsv_power}: must be in [0, 0.3]")
     if t.lr <= 0:

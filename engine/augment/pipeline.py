@@ -45,14 +45,15 @@ from engine.augment.geometry import (
 )
 from engine.augment.resample import pixel_grid, sample
 from engine.augment.warp import elastic_map, random_elastic_warp
-from engine.color_transfer import rct_apply, rct_moments
+from engine.color_transfer import color_transfer, rct_apply, rct_moments
 
 FLIP_PROB = 0.4  # DFL's random_src_flip / random_dst_flip probability
 MIN_WARP_WIDTH = 64  # DFL draws warps for narrower images at this width
-CT_MODES = ("none", "rct")
+CT_MODES = ("none", "rct", "lct", "mkl", "idt", "sot")  # DFL's training choices (§3.2)
 SCALE_RANGE = (-0.15, 0.15)  # DFL's gen_warp_params default: zoom U[1/1.15, 1.15]
 INPUT_KEYS = ("faces", "masks", "eyes_mouth_masks", "base_matrices", "sample_ids")
 _SIDE_STREAM = {"src": 0, "dst": 1}
+_CT_STREAM = 3  # folded into a src sample's key for its colour transfer draws (idt, sot)
 
 
 def sample_keys(seed: int, step: int | jax.Array, sample_ids: jax.Array, stream: int = 0) -> jax.Array:
@@ -86,8 +87,9 @@ def augment_batch(
     src, dst: faces uint8 [B,S,S,3], masks uint8 [B,S,S,1], eyes_mouth_masks uint8 [B,S,S,1],
     base_matrices float32 [B,2,3], sample_ids int32 [B]. Returns float32 in [0, 1]: warped_src,
     target_src [B,r,r,3]; target_srcm, target_srcm_em [B,r,r,1]; the same four for dst.
-    hsv_power (0 = off) jitters the src input; ct_mode "rct" recolours the src input and target
-    toward the dst target at the same batch position (using the src target's statistics for both).
+    hsv_power (0 = off) jitters the src input; ct_mode recolours the src input and target toward the
+    dst target at the same batch position: "rct" after sampling (using the src target's statistics
+    for both), "lct", "mkl", "idt", "sot" on the stored src face before sampling.
     rotation_range (degrees) and shift_range (fractions of the width) exist so tests can turn the
     jitter off; training keeps DFL's defaults (Quick96 narrows scale_range).
     input_is_target may be traced: where it is true, every input is exactly its target (no elastic
@@ -98,15 +100,18 @@ def augment_batch(
     ranges = dict(rotation_range=tuple(rotation_range), scale_range=tuple(scale_range),
                   shift_range=tuple(shift_range))
     keys, outputs = {}, {}
-    for side, batch, flip in (("src", src, src_flip), ("dst", dst, dst_flip)):
+    for side, batch, flip in (("dst", dst, dst_flip), ("src", src, src_flip)):  # src may need dst's targets
         missing = [k for k in INPUT_KEYS if k not in batch]
         if missing:
             raise ValueError(f"{side} batch lacks {missing}")
         keys[side] = sample_keys(seed, step, batch["sample_ids"], stream=_SIDE_STREAM[side])
+        faces = batch["faces"]
+        if side == "src" and ct_mode not in ("none", "rct"):
+            faces = _recolour_faces(ct_mode, keys[side], faces, outputs["dst"]["target"])
         augment_one = functools.partial(_augment_sample, resolution=resolution, random_warp=random_warp,
                                         flip_prob=FLIP_PROB if flip else 0.0, ranges=ranges)
         outputs[side] = jax.vmap(augment_one)(
-            keys[side], batch["faces"], batch["masks"], batch["eyes_mouth_masks"], batch["base_matrices"])
+            keys[side], faces, batch["masks"], batch["eyes_mouth_masks"], batch["base_matrices"])
 
     s, d = outputs["src"], outputs["dst"]
     if ct_mode == "rct":
@@ -126,6 +131,18 @@ def augment_batch(
         result[f"target_{side}m"] = out["target_mask"]
         result[f"target_{side}m_em"] = out["target_em"]
     return result
+
+
+def _recolour_faces(mode: str, keys: jax.Array, faces: jax.Array, references: jax.Array) -> jax.Array:
+    """src faces (uint8, faceset size) recoloured toward the dst targets of their batch positions,
+    before any sampling, as DFL recolours the sample before warping it: the input and the target
+    then share one colour map whatever the transfer (lct, mkl, idt, sot are not per-pixel-only
+    maps like rct's Lab shift). Unmasked, like DFL's training ct. Returns float32 in 0..255."""
+    def one(key: jax.Array, face: jax.Array, reference: jax.Array) -> jax.Array:
+        key = jax.random.fold_in(key, _CT_STREAM)
+        return color_transfer(mode, face.astype(jnp.float32) / 255.0, reference, key=key) * 255.0
+
+    return jax.vmap(one)(keys, faces, references)
 
 
 def _streams(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
