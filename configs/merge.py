@@ -19,7 +19,9 @@ def get_config(arg: str = "overlay") -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         # what the merge does to each face (engine/merge/options.py)
         "mode": mode,
-        "mask_mode": "learned-prd*learned-dst",  # full|dst|learned-prd|learned-dst|learned-prd*learned-dst|learned-prd+learned-dst
+        # full|dst|learned-prd|learned-dst|learned-prd*learned-dst|learned-prd+learned-dst, and with --xseg:
+        # xseg-prd|xseg-dst|xseg-prd*xseg-dst|learned-prd*learned-dst*xseg-prd*xseg-dst
+        "mask_mode": "learned-prd*learned-dst",
         "color_transfer": "rct",  # none|rct|lct|mkl|mkl-m|idt|idt-m|sot|sot-m|mix-m
         "masked_hist_match": True,
         "hist_match_threshold": 238,  # 0..255 (hist-match modes)

@@ -203,6 +203,63 @@ def test_every_mode_runs_and_keeps_its_contract(run, mode):
             assert not changed[:20, :20].any() and not changed[-20:, -20:].any()
 
 
+def test_frame_denoise_and_degrade_change_the_background_only_as_filtered(run):
+    """image_denoise/bicubic_degrade filter the frame behind the face (DFL): away from the face the
+    output is exactly the filtered frame; without them the frame is kept bit for bit there."""
+    from engine.merge.program import _frame_background
+    index = 3
+    merged, merger = merge_frames(run, [index], image_denoise_power=50, bicubic_degrade_power=40)
+    filtered = np.asarray(_frame_background(run["frames"][index], 50.0, 40.0))
+    out = merged[0]
+    away = out.mask == 0
+    assert not np.array_equal(filtered, run["frames"][index])
+    np.testing.assert_array_equal(out.image[away], filtered[away])
+    assert merger.compilations == 1
+
+
+@pytest.fixture(scope="module")
+def xseg_run(run):
+    """A tiny XSeg trained for a few steps on the clip's own mesh masks (pseudo labels)."""
+    from configs.xseg import get_config as xseg_config
+    from engine.xseg.trainer import XsegTrainer
+
+    cfg = xseg_config("tiny")
+    cfg.pseudo_labels = "mesh"
+    cfg.train.max_steps = 4
+    cfg.checkpoint.every_steps = 4
+    workdir = str(run["root"] / "xseg")
+    trainer = XsegTrainer(cfg, [run["faceset"]], workdir, progress=False)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    return workdir
+
+
+def test_xseg_mask_modes_segment_inside_the_program(run, xseg_run, tmp_path):
+    """xseg-dst: the working mask is the XSeg's probability of the dst crop (floored at 0.1, DFL),
+    checked against the XSeg run outside the program with jax.image resizing; a missing --xseg is
+    refused before anything is compiled."""
+    from engine.merge.face_merge import _xseg_masks
+    from engine.merge.model import with_xseg
+    from engine.xseg.model import load_trained
+
+    model = with_xseg(run["model"], xseg_run)
+    keyframes = Keyframes(options(mode="raw-predict", mask_mode="xseg-dst"), [])
+    merger = Merger(model, run["table"], keyframes, batch_size=2)
+    got = next(iter(merger.merge([(7, None, run["frames"][7])])))
+    graphdef, params, _ = load_trained(xseg_run)
+    face = run["table"].faces_of(7)[0]
+    plan = geometry.plan_face(face.landmarks, model.resolution, model.face_type)
+    region = geometry.cut_region(run["frames"][7], plan.x0, plan.y0, plan.size).astype(np.float32) / 255.0
+    dst_face = warp_affine(region, plan.face_mat, (model.resolution,) * 2, method="cubic", border="constant")
+    expected = np.asarray(_xseg_masks(nnx.merge(graphdef, params), np.asarray(dst_face)[None]))[0, ..., 0]
+    assert np.abs(got.mask / 255.0 - expected).max() <= 1 / 255 + 1e-3  # uint8 rounding
+    with pytest.raises(UserError, match="needs a trained XSeg"):
+        MergeJob(workdir=run["workdir"], input_path=run["clip"], faceset=run["faceset"],
+                 output=str(tmp_path / "o.mp4"), options=options(mask_mode="xseg-prd"))
+
+
 def test_multiple_faces_are_layered_like_dfl(run):
     """Two faces in one frame (the real face and a copy of its landmarks shifted right) are merged
     independently and layered: final = (frame*(1-a1) + m1*a1)*(1-a2) + m2*a2, checked in float64."""

@@ -31,6 +31,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "result.mp4/.mov/.mkv, or a folder
 _MASK_OUTPUT = flags.DEFINE_string("mask_output", None, "Also write the merge mask (video or PNG folder).")
 _KEYFRAMES = flags.DEFINE_string("keyframes", None,
                                  "JSON list of {start, end, options} overriding merge options per frame range.")
+_XSEG = flags.DEFINE_string("xseg", None, "XSeg run folder (python -m engine.xseg_train), for the xseg-* mask modes.")
 _PREVIEW = flags.DEFINE_string("preview", None, "Side-by-side preview PNG (default: <output>.preview.png).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 
@@ -55,7 +56,7 @@ def main(argv: Sequence[str]) -> None:
                    output=_OUTPUT.value, options=options, keyframes=_KEYFRAMES.value,
                    mask_output=_MASK_OUTPUT.value, batch_size=cfg.batch_size, chunk_frames=cfg.chunk_frames,
                    compute_dtype=cfg.compute_dtype, smooth_landmarks=cfg.smooth_landmarks,
-                   step=cfg.step or None, crf=cfg.crf, seed=cfg.seed)
+                   step=cfg.step or None, crf=cfg.crf, seed=cfg.seed, xseg=_XSEG.value)
     preview = _PREVIEW.value or os.path.normpath(_OUTPUT.value) + ".preview.png"
     stats = job.run(progress=_PROGRESS.value, preview=preview, preview_frames=_PREVIEW_FRAMES)
     print(f"merged {stats['frames']} frames ({stats['frames_with_faces']} with faces, {stats['faces']} faces) "

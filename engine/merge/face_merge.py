@@ -22,12 +22,13 @@ from flax import nnx
 from engine import color_transfer
 from engine.augment.resample import pixel_grid, sample, warp_affine
 from engine.merge import filters, mask_ops, poisson
-from engine.merge.options import StaticOptions
+from engine.merge.options import StaticOptions, uses_xseg
 
 _MASK_SUBRES = 4  # DFL processes the mask at 4x the model resolution
 _MIN_MASK = 1.0 / 255.0
 _SKIP_LEVEL = 0.1  # a face whose mask >= 0.1 spans fewer than 4 px is skipped (DFL)
 _SKIP_PIXELS = 4
+_XSEG_FLOOR = 0.1  # DFL's XSeg extract() zeroes probabilities below this
 
 
 def _to_face(image: jax.Array, mat: jax.Array, size: int, method: str) -> jax.Array:
@@ -53,18 +54,33 @@ def _downsample4(mask: jax.Array) -> jax.Array:
     return (rows[:, 1::4] + rows[:, 2::4]) / 2.0
 
 
-def _working_mask(mode: str, hull: jax.Array, prd_mask: jax.Array, dst_mask: jax.Array) -> jax.Array:
+def _working_mask(mode: str, hull: jax.Array, prd_mask: jax.Array, dst_mask: jax.Array,
+                  xseg_prd: jax.Array | None, xseg_dst: jax.Array | None) -> jax.Array:
     """The mask_mode's mask at model resolution, values under 1/255 zeroed (§4.3 step 4)."""
     masks = {
-        "full": jnp.ones_like(prd_mask),
-        "dst": hull,
-        "learned-prd": prd_mask,
-        "learned-dst": dst_mask,
-        "learned-prd*learned-dst": prd_mask * dst_mask,
-        "learned-prd+learned-dst": jnp.clip(prd_mask + dst_mask, 0.0, 1.0),
+        "full": lambda: jnp.ones_like(prd_mask),
+        "dst": lambda: hull,
+        "learned-prd": lambda: prd_mask,
+        "learned-dst": lambda: dst_mask,
+        "learned-prd*learned-dst": lambda: prd_mask * dst_mask,
+        "learned-prd+learned-dst": lambda: jnp.clip(prd_mask + dst_mask, 0.0, 1.0),
+        "xseg-prd": lambda: xseg_prd,
+        "xseg-dst": lambda: xseg_dst,
+        "xseg-prd*xseg-dst": lambda: xseg_prd * xseg_dst,
+        "learned-prd*learned-dst*xseg-prd*xseg-dst": lambda: prd_mask * dst_mask * xseg_prd * xseg_dst,
     }
-    mask = masks[mode]
+    mask = masks[mode]()
     return jnp.where(mask < _MIN_MASK, 0.0, mask)
+
+
+def _xseg_masks(xseg: nnx.Module, faces: jax.Array) -> jax.Array:
+    """XSeg's mask of model-resolution faces [N,r,r,3], as DFL's merger uses it: the faces resized to
+    the XSeg resolution, sigmoid probabilities resized back, values under 0.1 zeroed (no binarising)."""
+    n, r = faces.shape[0], faces.shape[1]
+    res = xseg.resolution
+    probs = jax.nn.sigmoid(xseg(jax.image.resize(faces, (n, res, res, 3), "linear")).astype(jnp.float32))
+    probs = jnp.clip(jax.image.resize(probs, (n, r, r, 1), "linear"), 0.0, 1.0)
+    return jnp.where(probs < _XSEG_FLOOR, 0.0, probs)
 
 
 def _too_small(mask: jax.Array) -> jax.Array:
@@ -94,12 +110,12 @@ def _hist_match(face: jax.Array, reference: jax.Array, area: jax.Array, threshol
 
 def _merge_one(static: StaticOptions, resolution: int, region: jax.Array, background: jax.Array,
                dst_face: jax.Array, prd: jax.Array, prd_mask: jax.Array, dst_mask: jax.Array,
-               hull: jax.Array, face_mat: jax.Array, out_mat: jax.Array, num: dict[str, jax.Array],
-               key: jax.Array) -> tuple[jax.Array, jax.Array]:
+               xseg_prd: jax.Array | None, xseg_dst: jax.Array | None, hull: jax.Array, face_mat: jax.Array,
+               out_mat: jax.Array, num: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """One face: (region with the face merged in [S, S, 3] in [0, 1], its alpha [S, S, 1])."""
     r, size, method, mode = resolution, region.shape[0], static.interpolation, static.mode
     raw = mode.startswith("raw")
-    mask = _working_mask(static.mask_mode, hull, prd_mask, dst_mask)
+    mask = _working_mask(static.mask_mode, hull, prd_mask, dst_mask, xseg_prd, xseg_dst)
     fine = _upsample(mask, _MASK_SUBRES)
     if not raw:  # erode/blur in the 4r space, padded by r (DFL's units)
         fine = mask_ops.process_mask(fine, num["erode"], num["blur"], r)
@@ -155,31 +171,37 @@ def _paste_face(face: jax.Array, region: jax.Array, mat: jax.Array, method: str)
 
 
 def merge_faces(graphdef: nnx.GraphDef, params: Any, batch: dict[str, jax.Array], num: dict[str, jax.Array],
-                keys: jax.Array, *, static: StaticOptions, resolution: int,
-                compute_dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+                keys: jax.Array, xseg_params: Any = None, *, static: StaticOptions, resolution: int,
+                compute_dtype: Any = jnp.float32, xseg_graphdef: nnx.GraphDef | None = None) -> dict[str, jax.Array]:
     """N faces of one region size -> {"region": uint8 [N,S,S,3], "alpha": uint8 [N,S,S,1]}, or for
     raw-predict {"face": uint8 [N,r,r,3], "alpha": uint8 [N,r,r,1]} (the predicted crop itself).
 
-    batch: "regions" and "backgrounds" uint8 [N,S,S,3] (the background differs from the region
-    when the frame is denoised or degraded), "face_mats"/"out_mats" float32 [N,2,3] (region ->
+    batch: "regions" uint8 [N,S,S,3] and, only when a frame is denoised or degraded, "backgrounds"
+    (the changed frame behind the face; absent: the regions themselves), "face_mats"/"out_mats" float32 [N,2,3] (region ->
     face), "hulls" uint8 [N,r,r,1]. num: the numeric options as float32 [N] arrays plus
     "motion_power" (px), "motion_deg" and "frame_ops" (non-zero when the frame background changed).
+    XSeg mask modes need `xseg_graphdef` and `xseg_params` (a trained XSeg): XSeg-prd segments the
+    predicted face, XSeg-dst the dst face, both at the model's crop.
     """
     r = resolution
     regions = batch["regions"].astype(jnp.float32) / 255.0
-    backgrounds = batch["backgrounds"].astype(jnp.float32) / 255.0
+    backgrounds = batch["backgrounds"].astype(jnp.float32) / 255.0 if "backgrounds" in batch else regions
     dst_faces = jax.vmap(lambda im, m: _to_face(im, m, r, "cubic"))(regions, batch["face_mats"])
     model = nnx.merge(graphdef, params)
     prd, prd_mask, dst_mask = (jnp.clip(x.astype(jnp.float32), 0.0, 1.0)
                                for x in model.swap(dst_faces.astype(compute_dtype)))
     hulls = batch["hulls"].astype(jnp.float32) / 255.0
+    xseg_prd = xseg_dst = None
+    if uses_xseg(static.mask_mode):
+        xseg = nnx.merge(xseg_graphdef, xseg_params)
+        xseg_prd, xseg_dst = _xseg_masks(xseg, prd), _xseg_masks(xseg, dst_faces)
     if static.mode == "raw-predict":
-        mask = jax.vmap(lambda h, p, d: _working_mask(static.mask_mode, h, p, d))(hulls, prd_mask, dst_mask)
+        mask = jax.vmap(lambda *a: _working_mask(static.mask_mode, *a))(hulls, prd_mask, dst_mask, xseg_prd, xseg_dst)
         return {"face": _to_uint8(prd), "alpha": _to_uint8(mask)}
     num = dict(num, motion_kernel=mask_ops.motion_kernel_size(num["motion_power"], num["motion_blur_power"]))
     merged, alpha = jax.vmap(
-        lambda *a: _merge_one(static, r, *a))(regions, backgrounds, dst_faces, prd, prd_mask, dst_mask, hulls,
-                                              batch["face_mats"], batch["out_mats"], num, keys)
+        lambda *a: _merge_one(static, r, *a))(regions, backgrounds, dst_faces, prd, prd_mask, dst_mask, xseg_prd,
+                                              xseg_dst, hulls, batch["face_mats"], batch["out_mats"], num, keys)
     return {"region": _to_uint8(merged), "alpha": _to_uint8(alpha)}
 
 

@@ -28,6 +28,16 @@ class MergeModel(NamedTuple):
     step: int
     config: dict  # the training config as saved (JSON)
     dtype: Any
+    xseg_graphdef: nnx.GraphDef | None = None  # a trained XSeg, for the XSeg mask modes
+    xseg_params: Any = None
+
+
+def with_xseg(model: MergeModel, xseg_workdir: str) -> MergeModel:
+    """The model plus the newest XSeg checkpoint of an `engine.xseg_train` run folder."""
+    from engine.xseg.model import load_trained
+
+    graphdef, params, _cfg = load_trained(xseg_workdir)
+    return model._replace(xseg_graphdef=graphdef, xseg_params=jax.device_put(params))
 
 
 def load_model(workdir: str, step: int | None = None, dtype_name: str = "auto") -> MergeModel:

@@ -20,7 +20,13 @@ from engine import color_transfer
 from preprocessing.errors import UserError
 
 MODES = ("original", "overlay", "hist-match", "seamless", "seamless-hist-match", "raw-rgb", "raw-predict")
-MASK_MODES = ("full", "dst", "learned-prd", "learned-dst", "learned-prd*learned-dst", "learned-prd+learned-dst")
+MASK_MODES = ("full", "dst", "learned-prd", "learned-dst", "learned-prd*learned-dst", "learned-prd+learned-dst",
+              "xseg-prd", "xseg-dst", "xseg-prd*xseg-dst", "learned-prd*learned-dst*xseg-prd*xseg-dst")
+
+
+def uses_xseg(mask_mode: str) -> bool:
+    """Whether the mask mode needs a trained XSeg model (`--xseg`)."""
+    return "xseg" in mask_mode
 COLOR_TRANSFERS = ("none",) + tuple(color_transfer.MODES)
 SHARPEN_MODES = ("none", "box", "gaussian")
 INTERPOLATIONS = ("cubic", "linear")
@@ -127,6 +133,10 @@ class Keyframes:
                 raise UserError(f"{where}: options must be an object")
             entries.append((start, end, validate(item["options"], where)))
         return cls(base, entries)
+
+    def values(self, name: str) -> set:
+        """Every value option `name` takes on some frame (the base value and each override)."""
+        return {self._base[name]} | {opts[name] for _, _, opts in self._entries if name in opts}
 
     def options_for(self, frame: int) -> dict[str, Any]:
         """The merged option set of one frame (shared dicts: do not modify)."""

@@ -39,7 +39,7 @@ class _Job:
     frame: int  # position within the chunk
     plan: geometry.FacePlan
     region: np.ndarray
-    background: np.ndarray
+    background: np.ndarray | None  # None: the region itself (no frame denoise/degrade)
     numeric: dict[str, float]
     key_id: int  # frame index * 64 + face index: the face's random stream (idt, sot)
 
@@ -72,23 +72,26 @@ class Merger:
 
     @property
     def compilations(self) -> int:
-        """How many times the face program was compiled (one per region bucket and static options)."""
+        """How many times the face program was compiled (one per region bucket, static options, and
+        whether frames are denoised/degraded behind the face)."""
         return len(self._programs)
 
     # ------------------------------------------------------------------ device program
-    def _program(self, size: int, static: StaticOptions):
-        key = (size, static)
+    def _program(self, size: int, static: StaticOptions, backgrounds: bool):
+        key = (size, static, backgrounds)
         if key not in self._programs:
             m, n, r = self.model, self.batch_size, self.model.resolution
             u8 = functools.partial(jax.ShapeDtypeStruct, dtype=jnp.uint8)
             f32 = functools.partial(jax.ShapeDtypeStruct, dtype=jnp.float32)
-            batch = {"regions": u8((n, size, size, 3)), "backgrounds": u8((n, size, size, 3)),
+            batch = {"regions": u8((n, size, size, 3)),
                      "face_mats": f32((n, 2, 3)), "out_mats": f32((n, 2, 3)), "hulls": u8((n, r, r, 1))}
+            if backgrounds:
+                batch["backgrounds"] = u8((n, size, size, 3))
             num = {name: f32((n,)) for name in _DEVICE_NUMERIC}
             keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), n))
             fn = jax.jit(functools.partial(merge_faces, m.graphdef, static=static, resolution=r,
-                                           compute_dtype=m.dtype))
-            self._programs[key] = fn.lower(m.params, batch, num, keys).compile()
+                                           compute_dtype=m.dtype, xseg_graphdef=m.xseg_graphdef))
+            self._programs[key] = fn.lower(m.params, batch, num, keys, m.xseg_params).compile()
         return self._programs[key]
 
     def _dispatch(self, jobs: list[_Job], static: StaticOptions) -> list[tuple[int, dict[str, jax.Array]]]:
@@ -96,7 +99,6 @@ class Merger:
         batches; returns (jobs in the batch, device outputs) without waiting, so the host prepares
         the next batches while the device works."""
         size, n = jobs[0].plan.size, self.batch_size
-        program = self._program(size, static)
         base = jax.random.key(self._seed)
         pending = []
         for start in range(0, len(jobs), n):
@@ -104,15 +106,17 @@ class Merger:
             padded = part + [part[-1]] * (n - len(part))
             batch = {
                 "regions": np.stack([j.region for j in padded]),
-                "backgrounds": np.stack([j.background for j in padded]),
                 "face_mats": np.stack([j.plan.face_mat for j in padded]),
                 "out_mats": np.stack([j.plan.out_mat for j in padded]),
                 "hulls": np.stack([j.plan.hull for j in padded]),
             }
+            if any(j.background is not None for j in part):
+                batch["backgrounds"] = np.stack([j.region if j.background is None else j.background for j in padded])
+            program = self._program(size, static, "backgrounds" in batch)
             num = {name: np.array([j.numeric[name] for j in padded], np.float32) for name in _DEVICE_NUMERIC}
             keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(
                 jnp.array([j.key_id for j in padded], jnp.uint32))
-            pending.append((len(part), program(self.model.params, batch, num, keys)))
+            pending.append((len(part), program(self.model.params, batch, num, keys, self.model.xseg_params)))
         return pending
 
     # ------------------------------------------------------------------ frames
@@ -139,15 +143,16 @@ class Merger:
             faces = self.faces.faces_of(index)
             background = image
             if faces and (numeric["image_denoise_power"] > 0 or numeric["bicubic_degrade_power"] > 0):
-                background = np.asarray(_frame_background(image, numeric["image_denoise_power"],
+                background = np.array(_frame_background(image, numeric["image_denoise_power"],
                                                           numeric["bicubic_degrade_power"]))
             backgrounds.append(background)
             jobs = []
             for face in faces:
                 plan = geometry.plan_face(face.landmarks, r, self.model.face_type, numeric["output_face_scale"])
+                changed = background is not image
                 job = _Job(pos, plan, geometry.cut_region(image, plan.x0, plan.y0, plan.size),
-                           geometry.cut_region(background, plan.x0, plan.y0, plan.size),
-                           _device_numeric(numeric, face.motion, background is not image),
+                           geometry.cut_region(background, plan.x0, plan.y0, plan.size) if changed else None,
+                           _device_numeric(numeric, face.motion, changed),
                            key_id=index * 64 + face.face_index)
                 groups.setdefault((plan.size, static), []).append(job)
                 jobs.append(job)
@@ -172,7 +177,7 @@ class Merger:
                 continue
             out, mask = _composite(image, backgrounds[pos], jobs, results)
             if jobs and numeric["color_degrade_power"] > 0:
-                out = np.asarray(_color_degrade(out, numeric["color_degrade_power"]))
+                out = np.array(_color_degrade(out, numeric["color_degrade_power"]))
             merged.append(MergedFrame(index, pts, out, mask, len(jobs)))
         return merged
 
@@ -196,7 +201,7 @@ def _composite(image: np.ndarray, background: np.ndarray, jobs: list[_Job],
         return image, mask.astype(np.uint8)
     if len(jobs) == 1:  # DFL returns a single face's merge as is
         job = jobs[0]
-        out = background.copy()
+        out = background if background is not image else image.copy()
         geometry.paste_region(out, results[id(job)]["region"], job.plan.x0, job.plan.y0)
         geometry.paste_region(mask, results[id(job)]["alpha"][..., 0].astype(np.float32), job.plan.x0, job.plan.y0)
         return out, mask.astype(np.uint8)

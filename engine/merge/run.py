@@ -9,13 +9,14 @@ import os
 import time
 from typing import Any
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
 from engine.merge import outputs
 from engine.merge.faces import FaceTable
-from engine.merge.model import load_model
-from engine.merge.options import NAMES, Keyframes, validate
+from engine.merge.model import load_model, with_xseg
+from engine.merge.options import NAMES, Keyframes, uses_xseg, validate
 from engine.merge.program import Merger
 from preprocessing.errors import UserError
 from preprocessing.faceset import Faceset
@@ -26,7 +27,7 @@ class MergeJob:
     def __init__(self, *, workdir: str, input_path: str, faceset: str, output: str, options: dict[str, Any],
                  keyframes: str | None = None, mask_output: str | None = None, batch_size: int = 8,
                  chunk_frames: int = 32, compute_dtype: str = "auto", smooth_landmarks: bool = False,
-                 step: int | None = None, crf: int = 18, seed: int = 0):
+                 step: int | None = None, crf: int = 18, seed: int = 0, xseg: str | None = None):
         missing = set(NAMES) - set(options)
         if missing:
             raise UserError(f"merge config lacks {', '.join(sorted(missing))}")
@@ -43,7 +44,13 @@ class MergeJob:
         self.faces = FaceTable.from_faceset(Faceset.open(faceset), self.source, smooth=smooth_landmarks)
         if not len(self.faces):
             raise UserError(f"{faceset}: no faces from {input_path}; nothing to merge")
+        xseg_modes = sorted(m for m in self.keyframes.values("mask_mode") if uses_xseg(m))
+        if xseg_modes and not xseg:
+            raise UserError(f"mask_mode {xseg_modes[0]} needs a trained XSeg: pass --xseg=XSEG_RUN_DIR "
+                            "(python -m engine.xseg_train)")
         self.model = load_model(workdir, step, compute_dtype)
+        if xseg_modes:
+            self.model = with_xseg(self.model, xseg)
         self.workdir, self.output, self.mask_output, self.crf = workdir, output, mask_output, crf
         self.merger = Merger(self.model, self.faces, self.keyframes, batch_size=batch_size, seed=seed)
         self.chunk_frames = chunk_frames
@@ -117,5 +124,4 @@ def _fit(original: np.ndarray, merged: np.ndarray) -> np.ndarray:
     """The original frame at the merged frame's size (raw-predict outputs face-sized frames)."""
     if original.shape == merged.shape:
         return original
-    import cv2
     return cv2.resize(original, (merged.shape[1], merged.shape[0]), interpolation=cv2.INTER_AREA)
