@@ -122,17 +122,26 @@ class Merger:
     # ------------------------------------------------------------------ frames
     def merge(self, frames: Iterable[tuple[int, float | None, np.ndarray]],
               chunk_frames: int = 32) -> Iterator[MergedFrame]:
-        """Merged frames in input order, from (index, pts, RGB uint8) frames."""
+        """Merged frames in input order, from (index, pts, RGB uint8) frames.
+
+        Two chunks are in flight: chunk k+1 is read, cut and dispatched to the device before
+        chunk k's results are fetched and composited, so host and device work overlap."""
+        in_flight: _Chunk | None = None
         chunk: list[tuple[int, float | None, np.ndarray]] = []
         for frame in frames:
             chunk.append(frame)
             if len(chunk) == chunk_frames:
-                yield from self._merge_chunk(chunk)
-                chunk = []
-        if chunk:
-            yield from self._merge_chunk(chunk)
+                started = self._start(chunk)
+                if in_flight is not None:
+                    yield from self._finish(in_flight)
+                in_flight, chunk = started, []
+        started = self._start(chunk) if chunk else None
+        for pending in (in_flight, started):
+            if pending is not None:
+                yield from self._finish(pending)
 
-    def _merge_chunk(self, chunk: list[tuple[int, float | None, np.ndarray]]) -> list[MergedFrame]:
+    def _start(self, chunk: list[tuple[int, float | None, np.ndarray]]) -> "_Chunk":
+        """Plans and cuts every face of the chunk and dispatches them to the device."""
         r = self.model.resolution
         groups: dict[tuple[int, StaticOptions], list[_Job]] = {}
         backgrounds, statics, jobs_of_frame = [], [], []
@@ -157,29 +166,43 @@ class Merger:
                 groups.setdefault((plan.size, static), []).append(job)
                 jobs.append(job)
             jobs_of_frame.append(jobs)
-
         dispatched = [(jobs, self._dispatch(jobs, static)) for (_size, static), jobs in groups.items()]
+        return _Chunk(chunk, backgrounds, statics, jobs_of_frame, dispatched)
+
+    def _finish(self, state: "_Chunk") -> list[MergedFrame]:
+        """Fetches a dispatched chunk's results and composites its frames."""
+        r = self.model.resolution
         results: dict[int, dict[str, np.ndarray]] = {}
-        for jobs, pending in dispatched:
+        for jobs, pending in state.dispatched:
             outputs = [{k: v[i] for k, v in out.items()}
                        for count, out in jax.device_get(pending) for i in range(count)]
             results.update((id(job), out) for job, out in zip(jobs, outputs))
 
         merged = []
-        for pos, (index, pts, image) in enumerate(chunk):
-            static, numeric = statics[pos]
-            jobs = jobs_of_frame[pos]
+        for pos, (index, pts, image) in enumerate(state.frames):
+            static, numeric = state.statics[pos]
+            jobs = state.jobs_of_frame[pos]
             if static.mode == "raw-predict":
                 face = results[id(jobs[0])] if jobs else None
                 out = face["face"] if face else np.zeros((r, r, 3), np.uint8)
                 mask = face["alpha"][..., 0] if face else np.zeros((r, r), np.uint8)
                 merged.append(MergedFrame(index, pts, out, mask, len(jobs)))
                 continue
-            out, mask = _composite(image, backgrounds[pos], jobs, results)
+            out, mask = _composite(image, state.backgrounds[pos], jobs, results)
             if jobs and numeric["color_degrade_power"] > 0:
                 out = np.array(_color_degrade(out, numeric["color_degrade_power"]))
             merged.append(MergedFrame(index, pts, out, mask, len(jobs)))
         return merged
+
+
+class _Chunk(NamedTuple):
+    """A chunk of frames whose faces are on the device."""
+
+    frames: list[tuple[int, float | None, np.ndarray]]
+    backgrounds: list[np.ndarray]
+    statics: list[tuple[StaticOptions, dict[str, float]]]
+    jobs_of_frame: list[list[_Job]]
+    dispatched: list[tuple[list[_Job], list[tuple[int, dict[str, jax.Array]]]]]
 
 
 # Numeric inputs of the face program: the options it uses plus per-face motion and a frame flag.
