@@ -33,7 +33,7 @@ from configs.merge import get_config as merge_config
 from configs.saehd import get_config as saehd_config
 from engine.merge.faces import Face, FaceTable
 from engine.merge.model import MergeModel
-from engine.merge.options import Keyframes
+from engine.merge.options import Keyframes, from_config
 from engine.merge.program import Merger
 from engine.trainer import compute_dtype, init_model
 from preprocessing import samples
@@ -46,7 +46,6 @@ _FRAMES = flags.DEFINE_integer("frames", 24, "Frames timed per case.")
 _ARCHI = flags.DEFINE_string("archi", "liae-ud", "Model architecture.")
 _RESOLUTION = flags.DEFINE_integer("resolution", 0, "Model resolution (0: 128 on GPU, 64 on CPU).")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Faces per device call.")
-_RUN_KEYS = ("batch_size", "chunk_frames", "compute_dtype", "smooth_landmarks", "step", "crf", "seed")
 _MODE_OPTIONS = {"overlay": dict(mode="overlay", color_transfer="none"),
                  "rct": dict(mode="overlay", color_transfer="rct"),
                  "seamless": dict(mode="seamless", color_transfer="none")}
@@ -123,7 +122,7 @@ def main(argv: Sequence[str]) -> None:
         for mode in _MODES.value:
             cfg = merge_config("overlay")
             cfg.update(mask_mode="learned-prd*learned-dst", **_MODE_OPTIONS[mode])
-            options = {k: v for k, v in cfg.items() if k not in _RUN_KEYS}
+            options = from_config(cfg)
             merger = Merger(model, table, Keyframes(options, []), batch_size=_BATCH.value)
             ours = time_ours(merger, frames)
             ref = time_reference(model, table, frames, _MODE_OPTIONS[mode])

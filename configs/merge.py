@@ -44,4 +44,5 @@ def get_config(arg: str = "overlay") -> ml_collections.ConfigDict:
         "step": 0,  # checkpoint step to merge with; 0 = newest
         "crf": 18,  # H.264 quality (0 = lossless libx264rgb)
         "seed": 0,  # random streams of idt/sot colour transfers
+        "watermark": True,  # invisible tool/model watermark in frames with a swapped face (engine.provenance)
     })

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+from engine.merge.options import from_config
 from configs.merge import get_config as merge_config
 from configs.saehd import get_config as saehd_config
 from engine.dataset.export import export, parse_crfs
@@ -32,7 +33,6 @@ from preprocessing.images import list_images, read_image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMES, FACELESS = 12, 3
 TIMEOUT = 300
-RUN_FLAGS = ("batch_size", "chunk_frames", "compute_dtype", "smooth_landmarks", "step", "crf", "seed")
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 
@@ -60,7 +60,7 @@ def swap(tmp_path_factory):
         trainer.close()
     merge = merge_config("overlay")
     merge.mask_mode = "dst"
-    options = {k: v for k, v in merge.items() if k not in RUN_FLAGS}
+    options = from_config(merge)
     for out, mask in (("fake.mp4", "mask.mp4"), ("fake_png", "alpha_png")):
         MergeJob(workdir=str(root / "model"), input_path=clip, faceset=subset, output=str(root / out),
                  options=options, mask_output=str(root / mask), chunk_frames=FRAMES).run(progress=False)

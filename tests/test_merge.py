@@ -25,7 +25,7 @@ from engine.augment.resample import warp_affine
 from engine.merge import geometry
 from engine.merge.faces import Face, FaceTable
 from engine.merge.model import load_model
-from engine.merge.options import Keyframes, validate
+from engine.merge.options import Keyframes, from_config, validate
 from engine.merge.program import Merger
 from engine.merge.run import MergeJob
 from engine.trainer import Trainer
@@ -39,13 +39,12 @@ from preprocessing.images import open_source
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMES = 40
 TIMEOUT = 300
-RUN_FLAGS = ("batch_size", "chunk_frames", "compute_dtype", "smooth_landmarks", "step", "crf", "seed")
 
 
 def options(**overrides) -> dict:
     cfg = merge_config("overlay")
     cfg.update(overrides)
-    return {k: v for k, v in cfg.items() if k not in RUN_FLAGS}
+    return from_config(cfg)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -327,6 +326,10 @@ def test_cli_writes_video_with_audio_mask_preview_and_provenance(run):
     assert record["source"]["sha256"] == open_source(run["clip"]).content_hash()
     assert record["frames"]["frames"] == FRAMES
     assert cv2.imread(out + ".preview.png") is not None
+    # the invisible watermark survives the H.264 encode and names this tool and model
+    from engine.provenance import watermark
+    reading = watermark.read_all(f.image for f in video.read_frames(out))
+    assert reading.payload == watermark.payload_for_record(record)
 
 
 def test_png_output_frames_without_faces_are_bit_identical(run, tmp_path):

@@ -36,7 +36,6 @@ _PREVIEW = flags.DEFINE_string("preview", None, "Side-by-side preview PNG (defau
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 
 _PREVIEW_FRAMES = 4
-_MERGE_OPTIONS_SKIP = ("batch_size", "chunk_frames", "compute_dtype", "smooth_landmarks", "step", "crf", "seed")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -51,12 +50,14 @@ def main(argv: Sequence[str]) -> None:
     from engine.merge.run import MergeJob  # imports JAX: after flag parsing, so --help is fast
 
     cfg = _CONFIG.value
-    options = {k: v for k, v in cfg.items() if k not in _MERGE_OPTIONS_SKIP}
+    from engine.merge.options import from_config
+    options = from_config(cfg)
     job = MergeJob(workdir=_WORKDIR.value, input_path=_INPUT.value, faceset=_FACESET.value,
                    output=_OUTPUT.value, options=options, keyframes=_KEYFRAMES.value,
                    mask_output=_MASK_OUTPUT.value, batch_size=cfg.batch_size, chunk_frames=cfg.chunk_frames,
                    compute_dtype=cfg.compute_dtype, smooth_landmarks=cfg.smooth_landmarks,
-                   step=cfg.step or None, crf=cfg.crf, seed=cfg.seed, xseg=_XSEG.value)
+                   step=cfg.step or None, crf=cfg.crf, seed=cfg.seed, xseg=_XSEG.value,
+                   watermark=cfg.watermark)
     preview = _PREVIEW.value or os.path.normpath(_OUTPUT.value) + ".preview.png"
     stats = job.run(progress=_PROGRESS.value, preview=preview, preview_frames=_PREVIEW_FRAMES)
     print(f"merged {stats['frames']} frames ({stats['frames_with_faces']} with faces, {stats['faces']} faces) "

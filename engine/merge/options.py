@@ -54,6 +54,13 @@ STATIC: dict[str, tuple] = {
     "interpolation": INTERPOLATIONS,
 }
 NAMES = tuple(STATIC) + tuple(NUMERIC)
+# Fields of configs/merge.py that say how the program runs, not what it does to a face.
+RUN_SETTINGS = ("batch_size", "chunk_frames", "compute_dtype", "smooth_landmarks", "step", "crf", "seed", "watermark")
+
+
+def from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The face options of a merge config (configs/merge.py), without its run settings."""
+    return {k: v for k, v in cfg.items() if k not in RUN_SETTINGS}
 
 
 class StaticOptions(NamedTuple):

@@ -30,6 +30,7 @@ class MergedFrame(NamedTuple):
     image: np.ndarray  # uint8 [H, W, 3] (raw-predict: [r, r, 3])
     mask: np.ndarray  # uint8 [H, W] (raw-predict: [r, r]): the merge alpha, 0 where no face
     faces: int
+    swapped: bool  # a face was put in (False: no face, or mode "original")
 
 
 @dataclasses.dataclass
@@ -186,12 +187,12 @@ class Merger:
                 face = results[id(jobs[0])] if jobs else None
                 out = face["face"] if face else np.zeros((r, r, 3), np.uint8)
                 mask = face["alpha"][..., 0] if face else np.zeros((r, r), np.uint8)
-                merged.append(MergedFrame(index, pts, out, mask, len(jobs)))
+                merged.append(MergedFrame(index, pts, out, mask, len(jobs), bool(jobs)))
                 continue
             out, mask = _composite(image, state.backgrounds[pos], jobs, results)
             if jobs and numeric["color_degrade_power"] > 0:
                 out = np.array(_color_degrade(out, numeric["color_degrade_power"]))
-            merged.append(MergedFrame(index, pts, out, mask, len(jobs)))
+            merged.append(MergedFrame(index, pts, out, mask, len(jobs), bool(jobs) and static.mode != "original"))
         return merged
 
 

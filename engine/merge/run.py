@@ -18,6 +18,7 @@ from engine.merge.faces import FaceTable
 from engine.merge.model import load_model, with_xseg
 from engine.merge.options import NAMES, Keyframes, uses_xseg, validate
 from engine.merge.program import Merger
+from engine.provenance import watermark
 from preprocessing.errors import UserError
 from preprocessing.faceset import Faceset
 from preprocessing.images import open_source
@@ -27,7 +28,8 @@ class MergeJob:
     def __init__(self, *, workdir: str, input_path: str, faceset: str, output: str, options: dict[str, Any],
                  keyframes: str | None = None, mask_output: str | None = None, batch_size: int = 8,
                  chunk_frames: int = 32, compute_dtype: str = "auto", smooth_landmarks: bool = False,
-                 step: int | None = None, crf: int = 18, seed: int = 0, xseg: str | None = None):
+                 step: int | None = None, crf: int = 18, seed: int = 0, xseg: str | None = None,
+                 watermark: bool = True):
         missing = set(NAMES) - set(options)
         if missing:
             raise UserError(f"merge config lacks {', '.join(sorted(missing))}")
@@ -54,6 +56,7 @@ class MergeJob:
         self.workdir, self.output, self.mask_output, self.crf = workdir, output, mask_output, crf
         self.merger = Merger(self.model, self.faces, self.keyframes, batch_size=batch_size, seed=seed)
         self.chunk_frames = chunk_frames
+        self.watermark = watermark
 
     def _frame_size(self) -> tuple[int, int]:
         if self.options["mode"] == "raw-predict":
@@ -67,6 +70,9 @@ class MergeJob:
         record = outputs.provenance(self.source, self.faceset_path, self.workdir, self.model.step,
                                     self.model.config, self.options, self.keyframes_path)
         meta = outputs.container_metadata(record)
+        # Frames with a swapped face carry an invisible watermark (tool + model id); frames without
+        # one are passed through bit for bit, as the input had them.
+        payload = watermark.payload_for_record(record) if self.watermark else None
         size = self._frame_size()
         sink = outputs.FrameSink(self.output, self.source, size, audio=True, crf=self.crf, metadata=meta)
         mask_sink = None
@@ -92,7 +98,10 @@ class MergeJob:
 
             with tqdm(total=self.source.frame_count, unit="frame", disable=not progress, dynamic_ncols=True) as bar:
                 for frame in self.merger.merge(frames(), self.chunk_frames):
-                    sink.write(frame.index, frame.pts, frame.image)
+                    image = frame.image
+                    if payload is not None and frame.swapped and watermark.fits(*image.shape[:2]):
+                        image = np.asarray(watermark.embed(image, payload))
+                    sink.write(frame.index, frame.pts, image)
                     if mask_sink:
                         mask_sink.write(frame.index, frame.pts, frame.mask)
                     if frame.index in originals:
