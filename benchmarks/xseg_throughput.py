@@ -21,7 +21,7 @@ from configs.xseg import get_config
 from engine import optim
 from engine.xseg.model import init_model
 from engine.xseg.step import init_state, make_train_step
-from engine.xseg_apply import predict_masks
+from engine.xseg.apply import predict_masks
 
 _PRESETS = flags.DEFINE_list("presets", None, "tiny and/or full (default: tiny on CPU, both on GPU).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed calls per measurement.")

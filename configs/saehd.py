@@ -45,6 +45,13 @@ def get_config(arg: str = "liae-ud") -> ml_collections.ConfigDict:
         "random_dst_flip": True,
         "random_hsv_power": 0.0,
         "ct_mode": "none",  # none|rct|lct|mkl|idt|sot: recolour src samples toward dst samples
+        # DFL's late-stage losses (DFL_SPEC §3.2, §3.4); 0 = off, and the step is the plain one.
+        "gan_power": 0.0,  # 0..5 (DFL suggests 0.1): UNet patch GAN on the src reconstruction
+        "gan_patch_size": 0,  # 3..640, 0 = res//8; changing it re-initialises the discriminator
+        "gan_dims": 16,  # 4..512, the discriminator's base width
+        "true_face_power": 0.0,  # 0..1 (DFL suggests 0.01), df archis only: code discriminator
+        "face_style_power": 0.0,  # 0..100: swap's face colours toward dst's
+        "bg_style_power": 0.0,  # 0..100: swap's background toward dst's (DFL's wrong-mask bug fixed: engine/losses.py)
         "max_steps": 0,  # 0 = until stopped
         "max_minutes": 0.0,
         "compute_dtype": "auto",  # auto (bf16 on GPU/TPU, fp32 on CPU)|float32|bfloat16

@@ -12,8 +12,10 @@ Layout: `<workdir>/checkpoints/<step>/<item>/`, one orbax item per part of the t
     state key        item            contents
     params           generator       generator parameters (nnx.State or nested dict of arrays)
     opt_state        optimizer       optax state of the generator optimiser
-    disc_params      discriminator   (later issues)
-    disc_opt_state   disc_optimizer  (later issues)
+    disc_params      discriminator   GAN discriminator (train.gan_power > 0)
+    disc_opt_state   disc_optimizer  its optax state
+    code_disc_params code_discriminator      true-face discriminator (train.true_face_power > 0)
+    code_disc_opt_state code_disc_optimizer  its optax state
     step             (in meta)       the int32 step counter, rebuilt from meta["step"]
     other keys       the key itself
 
@@ -39,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from engine import distributed
 from preprocessing.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ ITEM_NAMES = {
     "opt_state": "optimizer",
     "disc_params": "discriminator",
     "disc_opt_state": "disc_optimizer",
+    "code_disc_params": "code_discriminator",
+    "code_disc_opt_state": "code_disc_optimizer",
 }
 META_ITEM = "meta"
 
@@ -87,8 +92,8 @@ def _one_line(e: BaseException, limit: int = 200) -> str:
 class Checkpointer:
     """Saves and restores the train state under `<workdir>/checkpoints` (see the module docstring).
 
-    Single process for now: the time-based save decision is local. In multi-host runs it must be
-    taken on process 0 and broadcast, or hosts would disagree on whether to save.
+    Multi-host runs: every process calls `save` (orbax writes each process's shards); the
+    time-based decision is process 0's, broadcast, or hosts would disagree on whether to save.
     """
 
     def __init__(self, workdir: str | os.PathLike, keep: int = 3, every_steps: int = 1000,
@@ -110,7 +115,7 @@ class Checkpointer:
         """True on every `every_steps`-th step, or `every_minutes` after the last save."""
         if self.every_steps > 0 and step > 0 and step % self.every_steps == 0:
             return True
-        return self.every_minutes > 0 and (
+        return self.every_minutes > 0 and distributed.agree(
             self._clock() - self._last_save_time >= 60.0 * self.every_minutes)
 
     def save(self, step: int, state: Mapping[str, Any], meta: Mapping[str, Any],
@@ -260,7 +265,9 @@ def check_config_compatible(saved_cfg_json: Mapping[str, Any], new_cfg: Any,
     field added or removed included: those edits change the network's shapes, so the weights
     cannot be reused. Returns warnings for edits that are allowed but change what the resumed run
     does: a different `train.optimizer` (the trainer resets the optimiser state) and a different
-    `seed` (the data order and augmentation no longer continue the old run's). Other edits
+    `seed` (the data order and augmentation no longer continue the old run's), a different
+    `train.gan_patch_size` or `train.gan_dims` while the GAN is on (the trainer re-initialises the
+    GAN discriminator: the warning names it, "discriminator"). Other edits
     (learning rate, loss weights, batch size, random_warp, lr_dropout, logging, …) are allowed
     silently. `new_cfg` is a ConfigDict or a plain dict; both sides are compared as JSON values.
     """
@@ -282,4 +289,7 @@ def check_config_compatible(saved_cfg_json: Mapping[str, Any], new_cfg: Any,
         warnings.append(f"{edit('train.optimizer')}: the optimiser state is reset")
     if "seed" in changed:
         warnings.append(f"{edit('seed')}: data order and augmentation differ from the old run")
+    gan_shape = [edit(k) for k in ("train.gan_patch_size", "train.gan_dims") if k in changed]
+    if gan_shape and old_flat.get("train.gan_power", 0) > 0 and new_flat.get("train.gan_power", 0) > 0:
+        warnings.append(f"{', '.join(gan_shape)}: the GAN discriminator is re-initialised")
     return warnings

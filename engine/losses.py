@@ -1,4 +1,6 @@
-"""SAEHD's reconstruction losses (DFL_SPEC §3.1, §3.4, §3.8), as pure JAX functions for the jitted step.
+"""SAEHD's losses (DFL_SPEC §3.1, §3.4, §3.8) as pure JAX functions for the jitted step: the
+reconstruction terms, the face/background style terms, and the sigmoid cross-entropies of the GAN
+and true-face discriminators.
 
 Images are float NHWC in [0, 1]; masks are [B, H, W, 1] and broadcast over the colour channels.
 Everything is computed in float32 whatever the input dtype (bf16 predictions are upcast), so the
@@ -9,7 +11,7 @@ so they run as two 1-D passes (along W, then H) instead of one k×k filter.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -143,18 +145,28 @@ def dssim_terms(resolution: int) -> tuple[tuple[int, float], ...]:
     return ((int(resolution / 11.6), 5.0), (int(resolution / 23.2), 5.0))
 
 
-def _side_losses(target: jax.Array, mask: jax.Array, eyes_mouth: jax.Array | None, pred: jax.Array,
-                 pred_mask: jax.Array, *, resolution: int, masked_training: bool, eyes_mouth_prio: bool,
-                 blur_out: bool, quick96: bool) -> dict[str, jax.Array]:
-    """One side's weighted per-sample terms ([B] each); their sum is that side's loss."""
-    target, mask, pred, pred_mask = map(_f32, (target, mask, pred, pred_mask))
+def loss_images(target: jax.Array, mask: jax.Array, pred: jax.Array, *, resolution: int,
+                masked_training: bool, blur_out: bool, quick96: bool = False
+                ) -> tuple[jax.Array, jax.Array | None, jax.Array, jax.Array]:
+    """(target, loss mask, T̂, P̂) of one side, float32: the target after blur_out_mask, the loss
+    mask B(m) (None when not masked) and target and prediction as the DSSIM/MSE/GAN terms see them."""
+    target, mask, pred = map(_f32, (target, mask, pred))
     if blur_out:
         target = blur_out_mask(target, mask, resolution)
     if masked_training or quick96:
         loss_mask = soft_mask(mask, resolution, clip=not quick96)
-        target_masked, pred_masked = target * loss_mask, pred * loss_mask
-    else:
-        target_masked, pred_masked = target, pred
+        return target, loss_mask, target * loss_mask, pred * loss_mask
+    return target, None, target, pred
+
+
+def _side_losses(target: jax.Array, mask: jax.Array, eyes_mouth: jax.Array | None, pred: jax.Array,
+                 pred_mask: jax.Array, *, resolution: int, masked_training: bool, eyes_mouth_prio: bool,
+                 blur_out: bool, quick96: bool) -> dict[str, jax.Array]:
+    """One side's weighted per-sample terms ([B] each); their sum is that side's loss."""
+    mask, pred, pred_mask = map(_f32, (mask, pred, pred_mask))
+    target, _, target_masked, pred_masked = loss_images(
+        target, mask, pred, resolution=resolution, masked_training=masked_training, blur_out=blur_out,
+        quick96=quick96)
     terms = {
         "dssim": sum(weight * dssim(target_masked, pred_masked, k) for k, weight in dssim_terms(resolution)),
         "mse": 10.0 * _mean_hwc((target_masked - pred_masked) ** 2),
@@ -166,9 +178,56 @@ def _side_losses(target: jax.Array, mask: jax.Array, eyes_mouth: jax.Array | Non
     return terms
 
 
+def style_loss(a: jax.Array, b: jax.Array, blur_sigma: float, weight: float) -> jax.Array:
+    """DFL's style loss -> [B]: both images Gaussian-blurred (σ = blur_sigma, DFL's blur op), then
+    (Σ_c (μa − μb)² + Σ_c (σa − σb)²)·weight/C with μ, σ = sqrt(var + 1e-5) over H and W."""
+    a, b = gaussian_blur(a, blur_sigma), gaussian_blur(b, blur_sigma)
+
+    def moments(x):
+        mean = jnp.mean(x, axis=(1, 2))
+        return mean, jnp.sqrt(jnp.mean((x - mean[:, None, None, :]) ** 2, axis=(1, 2)) + 1e-5)
+
+    (mean_a, std_a), (mean_b, std_b) = moments(a), moments(b)
+    distance = jnp.sum((mean_a - mean_b) ** 2, axis=-1) + jnp.sum((std_a - std_b) ** 2, axis=-1)
+    return distance * (weight / a.shape[-1])
+
+
+def _style_terms(batch: Mapping[str, jax.Array], preds: Mapping[str, jax.Array], *, resolution: int,
+                 blur_out: bool, face_style_power: float, bg_style_power: float) -> dict[str, jax.Array]:
+    """SAEHD's face and background style terms of src_loss ([B] each; powers on DFL's 0-100 scale).
+
+    face_style: style(P_sd·sg(PM_sd), sg(P_dd·PM_dd)), blur σ = res//8, weight 10000·power/100,
+    where P_sd (preds["pred_src_dst_no_code_grad"]) is the swap decoded from a stop-gradient code:
+    only the src decoder learns to paint the dst's colours.
+    bg_style: (10·power/100)·[DSSIM_k1(P_sd·A, T_d·A) + mean((P_sd·A − T_d·A)²)] on the ordinary
+    swap prediction, with A = 1 − sg(clip(G_σ(PM_sd·PM_dd), 0, 1)), σ = max(1, res//32): the
+    background of the swapped face in the dst frame. **Fix of a DFL bug**: DFL computes this mask
+    and then overwrites it with the src target's soft mask B(M_s), the face region of a different
+    image (the src sample), so its background term compared the wrong pixels; we keep the mask
+    built from the predicted swap and dst masks.
+    """
+    f32 = {k: _f32(preds[k]) for k in ("pred_src_dst", "pred_src_dstm", "pred_dst_dst", "pred_dst_dstm")}
+    terms = {}
+    if face_style_power > 0:
+        ours = _f32(preds["pred_src_dst_no_code_grad"]) * lax.stop_gradient(f32["pred_src_dstm"])
+        theirs = lax.stop_gradient(f32["pred_dst_dst"] * f32["pred_dst_dstm"])
+        terms["face_style"] = style_loss(ours, theirs, resolution // 8, 10000.0 * face_style_power / 100.0)
+    if bg_style_power > 0:
+        face = gaussian_blur(f32["pred_src_dstm"] * f32["pred_dst_dstm"], max(1, resolution // 32))
+        background = 1.0 - lax.stop_gradient(jnp.clip(face, 0.0, 1.0))
+        target, *_ = loss_images(batch["target_dst"], batch["target_dstm"], batch["target_dst"],
+                                 resolution=resolution, masked_training=False, blur_out=blur_out)
+        ours, theirs = f32["pred_src_dst"] * background, target * background
+        kernel = dssim_terms(resolution)[0][0]
+        terms["bg_style"] = (10.0 * bg_style_power / 100.0) * (
+            dssim(ours, theirs, kernel) + _mean_hwc((ours - theirs) ** 2))
+    return terms
+
+
 def saehd_losses(batch: Mapping[str, jax.Array], preds: Mapping[str, jax.Array], *, resolution: int,
                  masked_training: bool, eyes_mouth_prio: bool, blur_out_mask: bool,
-                 quick96: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 quick96: bool = False, face_style_power: float = 0.0,
+                 bg_style_power: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
     """SAEHD's generator loss: mean over the batch of src_loss + dst_loss (§3.4), in float32.
 
     batch: target_src, target_srcm, target_srcm_em, target_dst, target_dstm, target_dstm_em
@@ -179,7 +238,10 @@ def saehd_losses(batch: Mapping[str, jax.Array], preds: Mapping[str, jax.Array],
 
     Returns (total, metrics) where metrics holds batch means of `src_loss`, `dst_loss` and of each
     weighted term (`src_dssim`, `src_mse`, `src_mask`, [`src_eyes_mouth`], and the dst ones), which
-    add up to the side losses. GAN, true-face and style terms are not part of this function.
+    add up to the side losses. With face_style_power / bg_style_power > 0 (DFL's 0-100 scale) src_loss
+    also holds `src_face_style` / `src_bg_style` (see `_style_terms`; they read pred_src_dst,
+    pred_src_dstm and, for face style, pred_src_dst_no_code_grad). GAN and true-face terms are not
+    part of this function.
     """
     metrics: dict[str, jax.Array] = {}
     per_sample_total = 0.0
@@ -190,8 +252,54 @@ def saehd_losses(batch: Mapping[str, jax.Array], preds: Mapping[str, jax.Array],
             preds[f"pred_{pred_name}"], preds[f"pred_{pred_name}m"], resolution=resolution,
             masked_training=masked_training, eyes_mouth_prio=eyes_mouth_prio, blur_out=blur_out_mask,
             quick96=quick96)
+        if side == "src" and (face_style_power > 0 or bg_style_power > 0):
+            terms.update(_style_terms(batch, preds, resolution=resolution, blur_out=blur_out_mask,
+                                      face_style_power=face_style_power, bg_style_power=bg_style_power))
         side_loss = sum(terms.values())
         per_sample_total = per_sample_total + side_loss
         metrics[f"{side}_loss"] = jnp.mean(side_loss)
         metrics.update({f"{side}_{name}": jnp.mean(value) for name, value in terms.items()})
     return jnp.mean(per_sample_total), metrics
+
+
+def sigmoid_bce(logits: jax.Array, label: float) -> jax.Array:
+    """Sigmoid cross-entropy against a constant label, averaged over all but the batch axis -> [B]
+    (DFL's DLoss: tf.nn.sigmoid_cross_entropy_with_logits, mean over H, W, C)."""
+    x = _f32(logits)
+    per_element = jnp.maximum(x, 0.0) - x * label + jnp.log1p(jnp.exp(-jnp.abs(x)))
+    return jnp.mean(per_element.reshape(x.shape[0], -1), axis=-1)
+
+
+def discriminator_loss(real_logits: Sequence[jax.Array], fake_logits: Sequence[jax.Array]) -> jax.Array:
+    """Σ over the discriminator's heads of ½[BCE(1, real) + BCE(0, fake)] -> [B] (§3.4: the GAN's
+    centre and full-resolution heads; the code discriminator's one head with dst codes as real)."""
+    return sum(0.5 * (sigmoid_bce(r, 1.0) + sigmoid_bce(f, 0.0)) for r, f in zip(real_logits, fake_logits))
+
+
+def generator_adversarial_loss(fake_logits: Sequence[jax.Array]) -> jax.Array:
+    """Σ over the heads of BCE(1, D(fake)) -> [B]: the generator wants its outputs judged real."""
+    return sum(sigmoid_bce(f, 1.0) for f in fake_logits)
+
+
+def gan_inputs(batch: Mapping[str, jax.Array], preds: Mapping[str, jax.Array], *, resolution: int,
+               masked_training: bool, blur_out_mask: bool) -> tuple[jax.Array, jax.Array]:
+    """(real, fake) the GAN discriminator sees: the src side only, T̂_s and P̂_ss (masked by B(M_s)
+    with masked_training, the target after blur_out_mask)."""
+    _, _, real, fake = loss_images(batch["target_src"], batch["target_srcm"], preds["pred_src_src"],
+                                   resolution=resolution, masked_training=masked_training,
+                                   blur_out=blur_out_mask)
+    return real, fake
+
+
+def gan_regularisers(batch: Mapping[str, jax.Array], preds: Mapping[str, jax.Array], *, resolution: int,
+                     blur_out_mask: bool) -> jax.Array:
+    """What DFL adds to G with the GAN under masked training -> [B]: 1e-6·TV_mse(P_ss) (the sum of
+    squared neighbour differences: suppresses bright dots) + 0.02·mean(((P_ss − T_s)·(1 − B(M_s)))²)
+    (a weak background reconstruction)."""
+    target, loss_mask, _, _ = loss_images(batch["target_src"], batch["target_srcm"], preds["pred_src_src"],
+                                          resolution=resolution, masked_training=True, blur_out=blur_out_mask)
+    pred = _f32(preds["pred_src_src"])
+    tv = (jnp.sum((pred[:, 1:] - pred[:, :-1]) ** 2, axis=(1, 2, 3))
+          + jnp.sum((pred[:, :, 1:] - pred[:, :, :-1]) ** 2, axis=(1, 2, 3)))
+    anti = 1.0 - loss_mask
+    return 1e-6 * tv + 0.02 * _mean_hwc((pred * anti - target * anti) ** 2)

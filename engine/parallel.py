@@ -2,8 +2,8 @@
 
 One code path for 1 CPU, N forced CPU devices, one GPU and many hosts: a 2-D mesh with axes
 ("data", "fsdp"). The batch is split over both axes (every device gets a different slice of the
-batch); parameters are replicated or, later, split over "fsdp". Everything runs through `jax.jit`
-with these shardings; `pmap` is in maintenance mode and is not used.
+batch); parameters and optimiser state are replicated, or split over "fsdp" by `param_shardings`.
+Everything runs through `jax.jit` with these shardings; `pmap` is in maintenance mode and is not used.
 
 Axis type: `AxisType.Auto` on both axes. The train step gives its inputs and outputs explicit
 shardings and lets the compiler (Shardy) propagate them through the convolutions, gathers and
@@ -25,6 +25,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from preprocessing.errors import UserError
 
 AXES = ("data", "fsdp")
+# Arrays with fewer elements stay replicated under FSDP: splitting a bias saves nothing worth the
+# extra all-gather. 2**14 float32 = 64 KiB; every conv kernel of a real SAEHD model is larger.
+FSDP_MIN_SIZE = 2**14
 
 
 def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -65,6 +68,44 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
     """A full copy on every device (parameters without FSDP, resident facesets, scalars)."""
     return NamedSharding(mesh, P())
+
+
+def param_shardings(tree: Any, mesh: Mesh, min_size: int = FSDP_MIN_SIZE) -> Any:
+    """A NamedSharding per leaf of `tree` (parameters, optimiser state, the whole train state).
+
+    The FSDP rule, by shape alone so parameters and their optimiser moments always agree: an
+    array with at least `min_size` elements is split over the "fsdp" axis along its largest
+    dimension that the axis size divides (the last such one on ties: a conv kernel's output
+    channels); anything smaller or with no divisible dimension is replicated. With fsdp=1
+    everything is replicated. Leaves may be arrays or ShapeDtypeStructs.
+    """
+    n = mesh.shape["fsdp"]
+
+    def rule(leaf: Any) -> NamedSharding:
+        shape = tuple(getattr(leaf, "shape", ()))
+        if n == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+            return replicated(mesh)
+        divisible = [axis for axis, size in enumerate(shape) if size % n == 0]
+        if not divisible:
+            return replicated(mesh)
+        axis = max(divisible, key=lambda a: (shape[a], a))
+        return NamedSharding(mesh, P(*("fsdp" if a == axis else None for a in range(len(shape)))))
+
+    return jax.tree.map(rule, tree)
+
+
+def put_global(tree: Any, shardings: Any) -> Any:
+    """Arrays that every process holds whole and identical (freshly initialised parameters) ->
+    global jax.Arrays placed by `shardings` (a matching tree of shardings).
+
+    Each process fills only its own devices' shards, so this also works where `device_put`
+    cannot: shardings that span devices of other processes.
+    """
+    def put(leaf: Any, sharding: NamedSharding) -> jax.Array:
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, jax.device_get(tree), shardings)
 
 
 def local_batch_slice(sharding: NamedSharding, global_batch: int) -> slice:

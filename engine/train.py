@@ -8,6 +8,10 @@ Re-running the same command resumes from the last checkpoint in --workdir. Safe 
 (learning rate, batch size, random_warp, lr_dropout, loss switches) are applied; an optimiser change
 resets the optimiser state with a warning; a change of the model's shape is refused.
 Ctrl-C or SIGTERM saves a checkpoint and exits cleanly.
+
+Several hosts: run the same command on each with --coordinator_address, --num_processes and
+--process_id (or the JAX_* environment variables, or --auto_distributed); see engine/distributed.py
+and BUILD.md.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Sequence
 from absl import flags, logging
 from ml_collections import config_flags
 
+from engine import distributed
 from preprocessing.errors import UserError, run_app
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "saehd.py")
@@ -44,6 +49,7 @@ def main(argv: Sequence[str]) -> None:
         cfg.train.max_steps = _MAX_STEPS.value
     # A persistent XLA compilation cache, on by default: a resumed or repeated run skips compiling.
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/faceswap_jax/xla"))
+    distributed.initialize_from_flags()  # before anything touches a device
     from engine.trainer import Trainer, summarize  # imports JAX: after flag parsing, so --help is fast
 
     trainer = Trainer(cfg, _SRC.value, _DST.value, _WORKDIR.value, progress=_PROGRESS.value)
@@ -51,8 +57,9 @@ def main(argv: Sequence[str]) -> None:
         last = trainer.run()
     finally:
         trainer.close()
-    print(f"trained to step {int(trainer.state['step'])}: {summarize(last)}; "
-          f"checkpoints and preview.png in {_WORKDIR.value}")
+    if distributed.is_main_process():
+        print(f"trained to step {int(trainer.state['step'])}: {summarize(last)}; "
+              f"checkpoints and preview.png in {_WORKDIR.value}")
 
 
 def run() -> None:

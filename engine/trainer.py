@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from tqdm import tqdm
 
-from engine import optim, parallel
+from engine import distributed, optim, parallel
 from engine.augment.pipeline import CT_MODES
 from engine.checkpoint import Checkpointer, check_config_compatible
 from engine.data import TrainData
@@ -27,8 +27,8 @@ from engine.flops import step_flops
 from engine.metrics import MetricsWriter
 from engine.models import SAEHD, parse_archi, validate_model_config
 from engine.preview import write_preview_grid
-from engine.train_step import (StepOptions, init_state, make_eval_step, make_train_step,
-                               reuses_previous_batch)
+from engine.train_step import (StepOptions, init_state, make_critics, make_eval_step, make_train_step,
+                               reuses_previous_batch, validate_critic_options)
 from preprocessing.errors import UserError
 from preprocessing.face_types import FaceType
 
@@ -62,6 +62,7 @@ def validate_config(cfg) -> None:
         raise UserError(f"--config.train.ct_mode={t.ct_mode!r}: choose one of {', '.join(CT_MODES)}")
     if not 0.0 <= t.random_hsv_power <= 0.3:
         raise UserError(f"--config.train.random_hsv_power={t.random_hsv_power}: must be in [0, 0.3]")
+    validate_critic_options(cfg)
     if t.lr <= 0:
         raise UserError(f"--config.train.lr={t.lr}: must be positive")
     # The loop takes these modulo / compares against them: 0 would fail mid-run, after compiling.
@@ -90,13 +91,17 @@ class Trainer:
         self.graphdef, params = init_model(cfg, self.dtype)
         self.tx = optim.make_optimizer(cfg.train, cfg.seed, frozen=self._frozen_components())
         self.opts = StepOptions.from_config(cfg)
-        self.state_sharding = parallel.replicated(self.mesh)
+        self.critics, critic_params = make_critics(cfg, self.dtype)  # GAN / true-face discriminators
+        state = init_state(params, self.tx, self.critics, critic_params)
+        self.state_sharding = parallel.param_shardings(state, self.mesh)  # replicated unless mesh.fsdp > 1
         self.batch_sharding = parallel.batch_sharding(self.mesh)
-        state = jax.device_put(init_state(params, self.tx), self.state_sharding)
+        state = parallel.put_global(state, self.state_sharding)
         self.state = self._restore_or_start(state)
         self._write_config()
         self.step_fn = self._compile()
-        self.eval_fn = jax.jit(make_eval_step(self.graphdef, self.opts))
+        # Replicated outputs: process 0 can read the whole preview batch in a multi-host run.
+        self.eval_fn = jax.jit(make_eval_step(self.graphdef, self.opts),
+                               out_shardings=parallel.replicated(self.mesh))
         # Records past the restored step (all of them on a fresh start) are from a run that died
         # before checkpointing them: they are logged again.
         self.metrics = MetricsWriter(workdir, is_main_process=jax.process_index() == 0,
@@ -125,14 +130,19 @@ class Trainer:
             print(f"warning: {w}")
         if reset_optimizer:
             abstract = {k: v for k, v in abstract.items() if k != "opt_state"}
+        if any("discriminator" in w for w in warnings):  # its shape changed: start it afresh
+            abstract = {k: v for k, v in abstract.items() if not k.startswith("disc_")}
         restored, meta = self.ckpt.restore(abstract)
-        if reset_optimizer or restored.get("opt_state") is None:
-            restored["opt_state"] = state["opt_state"]
+        # Items the checkpoint lacks (a discriminator switched on mid-run) or that were dropped above
+        # start fresh.
+        restored = {k: state[k] if restored.get(k) is None else restored[k] for k in state}
         self.data.restore(meta["data"])
         print(f"resumed from step {int(restored['step'])} in {self.workdir}")
         return restored
 
     def _write_config(self) -> None:
+        if not distributed.is_main_process():
+            return
         path = os.path.join(self.workdir, "config.json")
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
@@ -141,7 +151,7 @@ class Trainer:
 
     def _compile(self):
         """AOT-compiles the step and refuses, with advice, a step that will not fit the device."""
-        step = make_train_step(self.graphdef, self.tx, self.opts)
+        step = make_train_step(self.graphdef, self.tx, self.opts, self.critics)
         jitted = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
                          out_shardings=(self.state_sharding, parallel.replicated(self.mesh)),
                          donate_argnums=0)
@@ -174,13 +184,14 @@ class Trainer:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         last: dict[str, float] = {}
         window_start, window_steps = time.perf_counter(), 0
-        bar = tqdm(total=t.max_steps or None, initial=start_step, unit="step", disable=not self.progress)
+        bar = tqdm(total=t.max_steps or None, initial=start_step, unit="step",
+                   disable=not self.progress or not distributed.is_main_process())
         try:
             step, batch = start_step, None
             while True:
                 if t.max_steps and step >= t.max_steps:
                     break
-                if deadline and time.time() > deadline or self._stop_signal:
+                if distributed.any_process(deadline and time.time() > deadline or bool(self._stop_signal)):
                     break
                 batch = self._batch_for(step, batch)
                 self.state, metrics = self.step_fn(self.state, batch)
@@ -258,8 +269,10 @@ class Trainer:
     def preview(self, step: int) -> str:
         """Writes preview.png from the validation faces."""
         _, _, aug, preds = self.eval_fn(self.state["params"], self._validation_batch(), self.state["step"])
-        aug, preds = jax.device_get((aug, preds))
         path = os.path.join(self.workdir, "preview.png")
+        if not distributed.is_main_process():
+            return path
+        aug, preds = jax.device_get((aug, preds))
         write_preview_grid(path, aug["target_src"], preds["pred_src_src"], aug["target_dst"],
                            preds["pred_dst_dst"], preds["pred_src_dst"])
         return path

@@ -21,7 +21,7 @@ import skimage.data
 import skimage.transform
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from engine.evaluate import EvalOptions, evaluate_videos
+from engine.evaluation.pipeline import EvalOptions, evaluate_videos
 from engine.evaluation import geometry_metrics as geo
 from engine.evaluation import quality
 from engine.evaluation.identity import cosine_similarity

@@ -289,3 +289,133 @@ def test_saehd_losses_gradient_is_finite(batches):
                                                   eyes_mouth_prio=True, blur_out_mask=True)[0])(preds)
     assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grad))
     assert np.abs(np.asarray(grad["pred_src_src"])).max() > 0
+
+
+# ---- style, GAN and true-face terms ------------------------------------------------------------
+# References in float64 from the §3.4 formulas; tolerances 1e-5 relative (float32 blur and
+# reductions), BCE 1e-6 absolute.
+
+def ref_style(a, b, sigma, weight):
+    """DFL's style_loss: blur both, then (Σ_c (μa−μb)² + Σ_c (σa−σb)²)·w/C, σ = sqrt(var + 1e-5)."""
+    a, b = ref_blur(a, sigma), ref_blur(b, sigma)
+    mean_a, mean_b = a.mean(axis=(1, 2)), b.mean(axis=(1, 2))
+    std_a, std_b = np.sqrt(a.var(axis=(1, 2)) + 1e-5), np.sqrt(b.var(axis=(1, 2)) + 1e-5)
+    return (((mean_a - mean_b) ** 2).sum(-1) + ((std_a - std_b) ** 2).sum(-1)) * weight / a.shape[-1]
+
+
+def ref_bce(logits, label):
+    """-[z·log σ(x) + (1 − z)·log(1 − σ(x))], mean over all but the batch axis."""
+    x = np.asarray(logits, np.float64)
+    p = 1 / (1 + np.exp(-x))
+    return (-(label * np.log(p) + (1 - label) * np.log(1 - p))).reshape(len(x), -1).mean(-1)
+
+
+def swap_preds(res: int, seed: int, batch: dict, preds: dict) -> dict:
+    """preds plus a swap prediction (dst image with a src-ish tint), its mask and the no-code-grad
+    swap (the same image, slightly different, as two decoder passes would give)."""
+    rng = np.random.default_rng(seed)
+    target_dst = batch["target_dst"]
+    swap = np.clip(target_dst * 0.8 + 0.15 + rng.normal(0, 0.05, target_dst.shape), 0, 1).astype(np.float32)
+    dst_mask = batch["target_dstm"]
+    swap_mask = np.clip(ndi.gaussian_filter(dst_mask, (0, 3, 3, 0)) + rng.normal(0, 0.05, dst_mask.shape), 0, 1)
+    return dict(preds, pred_src_dst=swap, pred_src_dstm=swap_mask.astype(np.float32),
+                pred_src_dst_no_code_grad=np.clip(swap + rng.normal(0, 0.02, swap.shape), 0, 1).astype(np.float32))
+
+
+def ref_style_terms(batch, preds, res, fsp, bsp, background=None):
+    f64 = {k: np.asarray(v, np.float64) for k, v in preds.items()}
+    face = ref_style(f64["pred_src_dst_no_code_grad"] * f64["pred_src_dstm"],
+                     f64["pred_dst_dst"] * f64["pred_dst_dstm"], res // 8, 10000 * fsp / 100)
+    if background is None:  # ours: the background of the predicted swap and dst masks
+        background = 1 - np.clip(ref_blur(f64["pred_src_dstm"] * f64["pred_dst_dstm"], max(1, res // 32)), 0, 1)
+    ours, theirs = f64["pred_src_dst"] * background, np.asarray(batch["target_dst"], np.float64) * background
+    bg = (10 * bsp / 100) * (ref_dssim(ours, theirs, int(res / 11.6)) + ((ours - theirs) ** 2).mean(axis=(1, 2, 3)))
+    return face, bg
+
+
+def test_style_loss_matches_reference():
+    rng = np.random.default_rng(7)
+    a = np.stack([smooth_image(64, rng) for _ in range(3)])
+    b = np.clip(a * 0.7 + 0.2 + rng.normal(0, 0.05, a.shape), 0, 1).astype(np.float32)
+    got = np.asarray(losses.style_loss(jnp.asarray(a), jnp.asarray(b), 8, 1000.0))
+    np.testing.assert_allclose(got, ref_style(a, b, 8, 1000.0), rtol=1e-5)
+    assert float(losses.style_loss(jnp.asarray(a), jnp.asarray(a), 8, 1000.0)[0]) == 0.0
+
+
+@pytest.mark.parametrize("res,fsp,bsp", [(32, 10.0, 0.0), (32, 0.0, 25.0), (96, 5.0, 50.0)])
+def test_style_terms_in_src_loss_match_reference(batches, res, fsp, bsp):
+    batch, preds = batches[res]
+    preds = swap_preds(res, res, batch, preds)
+    fn = jax.jit(functools.partial(losses.saehd_losses, resolution=res, masked_training=True,
+                                   eyes_mouth_prio=False, blur_out_mask=False, face_style_power=fsp,
+                                   bg_style_power=bsp))
+    total, metrics = fn(batch, preds)
+    _, plain = jitted_losses(res, True, False, False)(batch, preds)
+    face, bg = ref_style_terms(batch, preds, res, fsp, bsp)
+    expected = {"src_face_style": face.mean()} if fsp else {}
+    expected |= {"src_bg_style": bg.mean()} if bsp else {}
+    assert set(metrics) - set(plain) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(float(metrics[name]), value, rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(float(metrics["src_loss"]), float(plain["src_loss"]) + sum(expected.values()),
+                               rtol=1e-5)
+    assert float(metrics["dst_loss"]) == float(plain["dst_loss"])
+    if bsp:  # DFL's mask, the src target's soft mask, measures something else here (the fixed bug)
+        _, dfl_bg = ref_style_terms(batch, preds, res, fsp, bsp, 1 - ref_soft_mask(batch["target_srcm"], res))
+        assert abs(dfl_bg.mean() - bg.mean()) > 0.05 * bg.mean()
+
+
+def test_style_terms_stop_gradients_where_dfl_does(batches):
+    """face style trains only the no-code-grad swap (masks and the dst prediction are targets);
+    bg style trains the swap but not the masks that define the background."""
+    batch, preds = batches[32]
+    preds = {k: jnp.asarray(v) for k, v in swap_preds(32, 1, batch, preds).items()}
+
+    def term(p, name, fsp, bsp):
+        _, metrics = losses.saehd_losses(batch, p, resolution=32, masked_training=True, eyes_mouth_prio=False,
+                                         blur_out_mask=False, face_style_power=fsp, bg_style_power=bsp)
+        return metrics[name]
+
+    face = jax.grad(term)(preds, "src_face_style", 10.0, 0.0)
+    bg = jax.grad(term)(preds, "src_bg_style", 0.0, 10.0)
+    norms = lambda g: {k: float(jnp.abs(v).max()) for k, v in g.items()}  # noqa: E731
+    face, bg = norms(face), norms(bg)
+    assert face["pred_src_dst_no_code_grad"] > 0 and bg["pred_src_dst"] > 0
+    assert face["pred_src_dstm"] == face["pred_dst_dst"] == face["pred_dst_dstm"] == face["pred_src_dst"] == 0
+    assert bg["pred_src_dstm"] == bg["pred_dst_dstm"] == bg["pred_src_dst_no_code_grad"] == 0
+
+
+def test_sigmoid_bce_and_discriminator_losses_match_reference():
+    rng = np.random.default_rng(8)
+    heads_real = [rng.normal(0, 4, shape).astype(np.float32) for shape in ((3, 4, 4, 1), (3, 16, 16, 1))]
+    heads_fake = [rng.normal(-1, 4, h.shape).astype(np.float32) for h in heads_real]
+    for label in (0.0, 1.0):
+        np.testing.assert_allclose(np.asarray(losses.sigmoid_bce(jnp.asarray(heads_real[1]), label)),
+                                   ref_bce(heads_real[1], label), atol=1e-6)
+    d = losses.discriminator_loss([jnp.asarray(h) for h in heads_real], [jnp.asarray(h) for h in heads_fake])
+    ref_d = sum(0.5 * (ref_bce(r, 1) + ref_bce(f, 0)) for r, f in zip(heads_real, heads_fake))
+    np.testing.assert_allclose(np.asarray(d), ref_d, atol=1e-6)
+    g = losses.generator_adversarial_loss([jnp.asarray(h) for h in heads_fake])
+    np.testing.assert_allclose(np.asarray(g), sum(ref_bce(f, 1) for f in heads_fake), atol=1e-6)
+    # DFL's labels: an undecided discriminator (logits 0) scores log 2 per head and side.
+    zeros = [jnp.zeros((2, 4, 4, 1))]
+    np.testing.assert_allclose(np.asarray(losses.discriminator_loss(zeros, zeros)), np.log(2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("masked,blur_out", [(True, False), (False, False), (True, True)])
+def test_gan_inputs_and_regularisers_match_reference(batches, masked, blur_out):
+    batch, preds = batches[32]
+    real, fake = losses.gan_inputs(batch, preds, resolution=32, masked_training=masked, blur_out_mask=blur_out)
+    t = np.asarray(batch["target_src"], np.float64)
+    m = np.asarray(batch["target_srcm"], np.float64)
+    p = np.asarray(preds["pred_src_src"], np.float64)
+    if blur_out:
+        t = ref_blur_out(t, m, 32)
+    lm = ref_soft_mask(m, 32) if masked else 1.0
+    np.testing.assert_allclose(np.asarray(real), t * lm, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(fake), p * lm, atol=1e-5)
+    reg = losses.gan_regularisers(batch, preds, resolution=32, blur_out_mask=blur_out)
+    anti = 1 - ref_soft_mask(m, 32)
+    tv = (np.diff(p, axis=1) ** 2).sum(axis=(1, 2, 3)) + (np.diff(p, axis=2) ** 2).sum(axis=(1, 2, 3))
+    expected = 1e-6 * tv + 0.02 * ((p * anti - t * anti) ** 2).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(np.asarray(reg), expected, rtol=1e-5)

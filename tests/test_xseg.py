@@ -222,7 +222,7 @@ def tree_digest(path: str) -> dict[str, str]:
 
 
 def test_tiny_xseg_reaches_iou_on_held_out_faces_and_apply_touches_nothing_else(trained, tmp_path):
-    from engine.xseg_apply import apply_xseg
+    from engine.xseg.apply import apply_xseg
     from preprocessing.faceset import Faceset
 
     # The "within 2 minutes on 2 cores" is a speed target: the training time is recorded in

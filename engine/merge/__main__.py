@@ -11,6 +11,7 @@ is marked synthetic (container metadata and a .provenance.json sidecar).
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Sequence
 
@@ -34,6 +35,9 @@ _KEYFRAMES = flags.DEFINE_string("keyframes", None,
 _XSEG = flags.DEFINE_string("xseg", None, "XSeg run folder (python -m engine.xseg_train), for the xseg-* mask modes.")
 _PREVIEW = flags.DEFINE_string("preview", None, "Side-by-side preview PNG (default: <output>.preview.png).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+_C2PA_CERT = flags.DEFINE_string("c2pa_cert", None, "PEM certificate chain (signer first): sign a C2PA manifest "
+                                 "declaring the output AI-generated (needs the [c2pa] extra; .mp4/.mov output).")
+_C2PA_KEY = flags.DEFINE_string("c2pa_key", None, "PEM private key of --c2pa_cert.")
 
 _PREVIEW_FRAMES = 4
 
@@ -44,6 +48,10 @@ def main(argv: Sequence[str]) -> None:
     for flag in (_WORKDIR, _INPUT, _FACESET, _OUTPUT):
         if not flag.value:
             raise UserError(f"--{flag.name} is required")
+    if bool(_C2PA_CERT.value) != bool(_C2PA_KEY.value):
+        raise UserError("--c2pa_cert and --c2pa_key go together")
+    if _C2PA_CERT.value and os.path.splitext(_OUTPUT.value)[1].lower() not in (".mp4", ".mov"):
+        raise UserError(f"{_OUTPUT.value}: a C2PA manifest needs an .mp4 or .mov output")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/faceswap_jax/xla"))
@@ -60,6 +68,11 @@ def main(argv: Sequence[str]) -> None:
                    watermark=cfg.watermark)
     preview = _PREVIEW.value or os.path.normpath(_OUTPUT.value) + ".preview.png"
     stats = job.run(progress=_PROGRESS.value, preview=preview, preview_frames=_PREVIEW_FRAMES)
+    if _C2PA_CERT.value:
+        from engine.provenance import c2pa_manifest
+        with open(stats["sidecar"], encoding="utf-8") as f, open(_C2PA_CERT.value, "rb") as c, \
+                open(_C2PA_KEY.value, "rb") as k:
+            c2pa_manifest.sign_file(_OUTPUT.value, json.load(f), c.read(), k.read())
     print(f"merged {stats['frames']} frames ({stats['frames_with_faces']} with faces, {stats['faces']} faces) "
           f"at {stats['fps']:.1f} frames/s into {_OUTPUT.value}; preview {preview}; "
           f"provenance {stats['sidecar']}")

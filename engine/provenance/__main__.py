@@ -1,7 +1,8 @@
 """`python -m engine.provenance verify FILE`: say whether a file is marked as a face-swap.
 
 FILE is a video, an image or a folder of PNG frames. The report lists the container comment
-and description (videos), the sidecar FILE.provenance.json, and the pixel watermark voted over
+and description (videos), the sidecar FILE.provenance.json, a C2PA manifest (with the [c2pa]
+extra), and the pixel watermark voted over
 the frames with its bit accuracy. Exit status: 0 if any marker was found, 1 if none, 2 if the
 input cannot be read.
 """

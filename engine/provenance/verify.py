@@ -1,7 +1,7 @@
 """What marks a file carries that say it is a face-swap: container tags, sidecar JSON, watermark.
 
-`examine(path)` reads a video, an image or a folder of images and gathers all three markers
-that `python -m engine.merge` writes (see engine/merge/outputs.py and watermark.py);
+`examine(path)` reads a video, an image or a folder of images and gathers the markers that
+`python -m engine.merge` writes (see engine/merge/outputs.py, watermark.py, c2pa_manifest.py);
 `Findings.lines()` is the report `python -m engine.provenance verify` prints.
 """
 from __future__ import annotations
@@ -12,7 +12,13 @@ import os
 from typing import Any
 
 from engine.provenance import watermark
+from preprocessing.errors import UserError
 from preprocessing.images import open_source
+
+try:
+    from engine.provenance import c2pa_manifest
+except ImportError:  # the optional [c2pa] extra is not installed
+    c2pa_manifest = None
 
 TOOL = "faceswap-jax"
 SYNTHETIC_WORD = "synthetic"  # engine.merge.outputs.SYNTHETIC_MARK starts with it
@@ -29,6 +35,8 @@ class Findings:
     sidecar_error: str | None
     reading: watermark.Reading
     skipped_frames: int  # unreadable images, or frames too small to carry the watermark
+    c2pa: dict[str, Any] | None  # c2pa_manifest.read_manifest's summary, None when absent or unread
+    c2pa_note: str | None  # why no manifest was read, when that is not simply its absence
 
     @property
     def tag_marked(self) -> bool:
@@ -41,7 +49,8 @@ class Findings:
     @property
     def markers(self) -> list[str]:
         found = [("container tag", self.tag_marked), ("sidecar", self.sidecar_marked),
-                 ("watermark", self.reading.payload is not None)]
+                 ("watermark", self.reading.payload is not None),
+                 ("C2PA manifest", bool(self.c2pa and self.c2pa["ai_generated"]))]
         return [name for name, present in found if present]
 
     def lines(self) -> list[str]:
@@ -56,6 +65,7 @@ class Findings:
         else:
             out.append(f"sidecar {self.sidecar_path}: {self.sidecar_error or 'absent'}")
         out.append(self._watermark_line())
+        out.append(self._c2pa_line())
         out.append(f"verdict: marked synthetic by {', '.join(self.markers)}" if self.markers
                    else "verdict: no provenance marker found")
         return out
@@ -79,6 +89,28 @@ class Findings:
                 notes.append("sidecar names no model")
         detail = f" ({', '.join(notes)})" if notes else ""
         return f"watermark: payload {r.payload.hex()}{detail}, {votes}"
+
+
+    def _c2pa_line(self) -> str:
+        m = self.c2pa
+        if m is None:
+            return f"C2PA manifest: {self.c2pa_note or 'absent'}"
+        declared = "declares AI-generated content" if m["ai_generated"] else "makes no AI-generated declaration"
+        problems = f" ({', '.join(m['validation_problems'])})" if m["validation_problems"] else ""
+        return (f"C2PA manifest: {declared} ({', '.join(m['digital_source_types']) or 'no source type'}), "
+                f"signed by {m['signer'].get('common_name')} ({m['signer'].get('issuer')}), "
+                f"signature {m['validation_state']}{problems}, record {'present' if m['record'] else 'absent'}")
+
+
+def _read_c2pa(path: str, kind: str) -> tuple[dict[str, Any] | None, str | None]:
+    if kind == "images":
+        return None, "not applicable to a folder"
+    if c2pa_manifest is None:
+        return None, "not checked (pip install faceswap-jax[c2pa])"
+    try:
+        return c2pa_manifest.read_manifest(path), None
+    except UserError as e:
+        return None, f"unreadable ({e})"
 
 
 def _read_sidecar(path: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -109,4 +141,5 @@ def examine(path: str, max_frames: int = 0, strength: float = watermark.STRENGTH
             skipped += 1
             continue
         tally.add(image)
-    return Findings(path, source.kind, tags, sidecar_path, sidecar, sidecar_error, tally.reading(), skipped)
+    return Findings(path, source.kind, tags, sidecar_path, sidecar, sidecar_error, tally.reading(), skipped,
+                    *_read_c2pa(path, source.kind))
