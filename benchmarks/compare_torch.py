@@ -39,7 +39,8 @@ from flax import nnx
 
 from benchmarks.data_throughput import build
 from benchmarks.faceset_read import face_crops
-from benchmarks.train_throughput import FACESET_SIZE, Case, cases_from_flags, machine, measure, write_json
+from benchmarks.train_throughput import (FACESET_SIZE, Case, cases_from_flags, failed_case, machine, measure,
+                                         run_in_workdir, write_json)
 from configs.saehd import get_config
 from engine.models.saehd import SAEHD, param_counts
 from preprocessing.errors import UserError, cli_main
@@ -198,8 +199,7 @@ def run(root: str, python: str, version: str) -> list[dict[str, Any]]:
         try:
             result = compare(case, python, root, faces_npz, faceset, i)
         except Exception as e:  # a case that fails must not cost the other cases
-            result = {"config": case.archi, "resolution": case.resolution, "batch": case.batch,
-                      "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+            result = failed_case(case, e)
             print(table_row(case, "-", None, None, None, result["error"]), flush=True)
         report["results"].append(result)
         if FLAGS.output:
@@ -218,11 +218,7 @@ def main(argv: Sequence[str]) -> None:
         if FLAGS.output:
             write_json(FLAGS.output, {"torch": "absent", "reason": why, "results": []})
         return
-    if FLAGS.dir:
-        results = run(FLAGS.dir, python, version)
-    else:
-        with tempfile.TemporaryDirectory(prefix="compare_torch_") as root:
-            results = run(root, python, version)
+    results = run_in_workdir(lambda root: run(root, python, version), "compare_torch_")
     failed = [r for r in results if "error" in r]
     if failed:
         raise UserError(f"compare_torch: {len(failed)} of {len(results)} case(s) failed")

@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import functools
 import statistics
-import tempfile
 import time
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags, logging
+from absl import app, flags
 
 from benchmarks.data_throughput import build
-from benchmarks.train_throughput import (FACESET_SIZE, Case, cases_from_flags, machine, model_only_inputs,
+from benchmarks.train_throughput import (run_in_workdir, FACESET_SIZE, Case, cases_from_flags, machine, model_only_inputs,
                                          model_only_step, step_times, write_json)
 from configs.saehd import get_config
 from engine import parallel
@@ -154,14 +153,7 @@ def run(root: str) -> list[dict[str, Any]]:
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.steps < 1 or FLAGS.warmup < 0:
-        raise UserError(f"--steps={FLAGS.steps} must be >= 1 and --warmup={FLAGS.warmup} >= 0")
-    logging.set_verbosity(logging.WARNING)  # the trainer's and orbax's INFO lines would break the table
-    if FLAGS.dir:
-        run(FLAGS.dir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="train_breakdown_") as root:
-            run(root)
+    run_in_workdir(run, "train_breakdown_")
 
 
 if __name__ == "__main__":

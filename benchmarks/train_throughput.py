@@ -293,8 +293,7 @@ def run(root: str) -> list[dict[str, Any]]:
         try:
             result = measure(case, faceset, os.path.join(root, f"run{i}"))
         except Exception as e:  # a case that does not fit or fails must not cost the other cases
-            result = {"config": case.archi, "resolution": case.resolution, "batch": case.batch,
-                      "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+            result = failed_case(case, e)
         report["results"].append(result)
         print(table_row(result), flush=True)
         if _OUTPUT.value:
@@ -302,17 +301,27 @@ def run(root: str) -> list[dict[str, Any]]:
     return report["results"]
 
 
+def failed_case(case: Case, e: Exception) -> dict[str, Any]:
+    """The result row of a case that raised: the other cases still run."""
+    return {"config": case.archi, "resolution": case.resolution, "batch": case.batch,
+            "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+
+
+def run_in_workdir(run_fn: Callable[[str], list[dict[str, Any]]], prefix: str) -> list[dict[str, Any]]:
+    """Checks the shared flags, then runs `run_fn(root)` in --dir or in a temporary folder."""
+    if FLAGS.steps < 1 or FLAGS.warmup < 0:
+        raise UserError(f"--steps={FLAGS.steps} must be >= 1 and --warmup={FLAGS.warmup} >= 0")
+    logging.set_verbosity(logging.WARNING)  # the trainer's and orbax's INFO lines would break the table
+    if FLAGS.dir:
+        return run_fn(FLAGS.dir)
+    with tempfile.TemporaryDirectory(prefix=prefix) as root:
+        return run_fn(root)
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if _STEPS.value < 1 or _WARMUP.value < 0:
-        raise UserError(f"--steps={_STEPS.value} must be >= 1 and --warmup={_WARMUP.value} >= 0")
-    logging.set_verbosity(logging.WARNING)  # the trainer's and orbax's INFO lines would break the table
-    if FLAGS.dir:
-        results = run(FLAGS.dir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="train_throughput_") as root:
-            results = run(root)
+    results = run_in_workdir(run, "train_throughput_")
     failed = [r for r in results if "error" in r]
     if failed:
         raise UserError(f"{_OUTPUT.value or 'train_throughput'}: {len(failed)} of {len(results)} case(s) failed")
