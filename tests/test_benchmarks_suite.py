@@ -81,7 +81,7 @@ def test_parsed_columns_follow_each_programs_definitions(suite):
     assert [r["mode"] for r in data["rows"]] == ["resident", "streamed"]
     for r in data["rows"]:  # faces/s printed as an integer, batches/s with one decimal
         assert abs(r["faces/s"] - 2 * r["batch"] * r["batches/s"]) <= 0.5 + 2 * r["batch"] * 0.05
-        assert abs(r["3x steps/s"] - r["batches/s"] / 3) <= 0.06
+        assert abs(r["3x steps/s"] - r["batches/s"] / 3) <= 0.05 + 0.05 / 3 + 1e-9  # both rounded to 0.1
     read = _table(report, "faceset_read")
     assert read["columns"][:2] == ["size", "codec"] and "MB/s (3)" in read["columns"]
     row = read["rows"][0]
