@@ -13,11 +13,11 @@ length, so the dot product is the cosine similarity.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
 
+from preprocessing.detect.dlib_backend import face_recognition_model
 from preprocessing.errors import UserError
 
 MODEL_FILE = os.path.join("models", "dlib_face_recognition_resnet_model_v1.dat")
@@ -25,18 +25,6 @@ MODEL_LICENCE = ("dlib_face_recognition_resnet_model_v1 (face-recognition-models
                  "(Davis King); trained on FaceScrub, VGG-Face and web images - check their terms "
                  "for commercial use")
 _INSTALL_HINT = "identity metrics need: pip install 'faceswap-jax[dlib]' (dlib-bin and face-recognition-models)"
-
-
-def _model_path() -> str:
-    """The ResNet inside face-recognition-models, found without importing the package (its
-    __init__ needs pkg_resources, which current setuptools no longer ships)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"{_INSTALL_HINT}; missing: face-recognition-models")
-    path = os.path.join(next(iter(spec.submodule_search_locations)), MODEL_FILE)
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: file missing; reinstall face-recognition-models")
-    return path
 
 
 class FaceEmbedder:
@@ -48,7 +36,7 @@ class FaceEmbedder:
         except ImportError as e:
             raise UserError(f"{_INSTALL_HINT}; missing: dlib") from e
         self._dlib = dlib
-        self._model = dlib.face_recognition_model_v1(_model_path())
+        self._model = dlib.face_recognition_model_v1(face_recognition_model(MODEL_FILE, _INSTALL_HINT))
 
     def embed(self, image: np.ndarray, landmarks68: np.ndarray) -> np.ndarray:
         """Unit-length float64 [128] embedding of the face at `landmarks68` (x, y pixels, iBUG

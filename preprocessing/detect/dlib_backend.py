@@ -24,15 +24,15 @@ _INSTALL_HINT = "dlib backend needs: pip install 'faceswap-jax[dlib]' (dlib-bin 
 _PREDICTOR_FILE = os.path.join("models", "shape_predictor_68_face_landmarks.dat")
 
 
-def _predictor_path() -> str:
-    """The 68-point model inside the face-recognition-models package (found without importing it:
+def face_recognition_model(filename: str, install_hint: str = _INSTALL_HINT) -> str:
+    """Path of a model file inside the face-recognition-models package (found without importing it:
     its __init__ needs pkg_resources, which current setuptools no longer ships)."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"{_INSTALL_HINT}; missing: face-recognition-models")
-    path = os.path.join(next(iter(spec.submodule_search_locations)), _PREDICTOR_FILE)
+        raise UserError(f"{install_hint}; missing: face-recognition-models")
+    path = os.path.join(next(iter(spec.submodule_search_locations)), filename)
     if not os.path.isfile(path):
-        raise UserError(f"{path}: file missing; reinstall face-recognition-models ({_INSTALL_HINT})")
+        raise UserError(f"{path}: file missing; reinstall face-recognition-models ({install_hint})")
     return path
 
 
@@ -54,7 +54,7 @@ class DlibDetector:
         except ImportError as e:
             raise UserError(f"{_INSTALL_HINT}; missing: dlib") from e
         self._detector = dlib.get_frontal_face_detector()
-        self._predictor = dlib.shape_predictor(_predictor_path())
+        self._predictor = dlib.shape_predictor(face_recognition_model(_PREDICTOR_FILE))
         self.min_face_size = min_face_size
         self.max_faces = max_faces
         self.upsample = upsample
