@@ -55,7 +55,12 @@ def write_preview_grid(path_png: str | os.PathLike, src: np.ndarray, pred_src_sr
                        max_rows: int = 4) -> None:
     """Writes the preview PNG (see the module docstring); inputs are float NHWC RGB in [0, 1]."""
     grid = preview_grid([src, pred_src_src, dst, pred_dst_dst, pred_src_dst], masks, max_rows)
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    write_png_atomic(path_png, grid)
+
+
+def write_png_atomic(path_png: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Writes uint8 RGB `rgb` as a PNG through a temporary file, so a viewer never sees half a file."""
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"{path_png}: PNG encoding failed")
     path = os.fspath(path_png)

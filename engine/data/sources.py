@@ -56,7 +56,20 @@ def base_matrices(fs: Faceset, model_face_type: FaceType, resolution: int) -> np
     return out
 
 
-class ResidentSource:
+class ResidentArrays:
+    """Host arrays uploaded once, replicated on every device; `fetch(ids)` gathers a batch there."""
+
+    def __init__(self, host: dict[str, np.ndarray], mesh: Mesh):
+        self._arrays = parallel.host_to_global(host, parallel.replicated(mesh))
+        self.ids_sharding = parallel.batch_sharding(mesh)  # batch rows across the data axis
+        self._gather = jax.jit(_gather_rows, out_shardings=self.ids_sharding)
+
+    def fetch(self, ids: np.ndarray) -> dict[str, jax.Array]:
+        local = ids[parallel.local_batch_slice(self.ids_sharding, len(ids))].astype(np.int32)
+        return self._gather(self._arrays, parallel.host_to_global(local, self.ids_sharding))
+
+
+class ResidentSource(ResidentArrays):
     """The whole faceset replicated on every device; batches are gathered there by index."""
 
     mode = "resident"
@@ -66,13 +79,7 @@ class ResidentSource:
         once = Faceset.open(fs.path, cache_bytes=0)
         host = {key: once.to_numpy(name) for key, name in image_arrays(fs).items()}
         host["base_matrices"] = matrices
-        self._arrays = parallel.host_to_global(host, parallel.replicated(mesh))
-        self._ids_sharding = parallel.batch_sharding(mesh)
-        self._gather = jax.jit(_gather_rows, out_shardings=self._ids_sharding)
-
-    def fetch(self, ids: np.ndarray) -> dict[str, jax.Array]:
-        local = ids[parallel.local_batch_slice(self._ids_sharding, len(ids))].astype(np.int32)
-        return self._gather(self._arrays, parallel.host_to_global(local, self._ids_sharding))
+        super().__init__(host, mesh)
 
 
 class StreamedSource:

@@ -26,13 +26,12 @@ from typing import Any, Sequence
 
 import cv2
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from engine import parallel
 from engine.data.sampler import ShuffledEpochs, split_validation
-from engine.data.sources import base_matrices
+from engine.data.sources import ResidentArrays, base_matrices
 from preprocessing.errors import UserError
 from preprocessing.face_types import FaceType
 from preprocessing.faceset import Faceset
@@ -147,13 +146,10 @@ class XsegData:
         host = {"faces": np.concatenate(faces), "targets": np.concatenate(targets),
                 "base_matrices": np.concatenate(matrices)}
         self.count = offset
-        self._arrays = parallel.host_to_global(host, parallel.replicated(mesh))
-        self._ids_sharding = parallel.batch_sharding(mesh)
-        self._gather = jax.jit(_gather_rows, out_shardings=self._ids_sharding)
+        self._resident = ResidentArrays(host, mesh)
 
     def fetch(self, ids: np.ndarray) -> dict[str, jax.Array]:
-        local = ids[parallel.local_batch_slice(self._ids_sharding, len(ids))].astype(np.int32)
-        return self._gather(self._arrays, parallel.host_to_global(local, self._ids_sharding))
+        return self._resident.fetch(ids)
 
     def next_batch(self) -> dict[str, jax.Array]:
         ids = self._sampler.take(self.position, self.batch_size)
@@ -170,9 +166,10 @@ class XsegData:
         out = []
         for start in range(0, n, self.batch_size):
             batch = self.fetch(padded[start:start + self.batch_size])
+            sharding = self._resident.ids_sharding
             batch["valid"] = parallel.host_to_global(
                 valid[start:start + self.batch_size][parallel.local_batch_slice(
-                    self._ids_sharding, self.batch_size)].astype(np.float32), self._ids_sharding)
+                    sharding, self.batch_size)].astype(np.float32), sharding)
             out.append(batch)
         return out
 
@@ -185,8 +182,3 @@ class XsegData:
                          "order differs from the original run's", len(self.train_ids), state.get("train_faces"))
         self.position = int(state["samples"])
 
-
-def _gather_rows(arrays: dict[str, jax.Array], ids: jax.Array) -> dict[str, jax.Array]:
-    batch = {key: jnp.take(value, ids, axis=0, mode="clip") for key, value in arrays.items()}
-    batch["sample_ids"] = ids
-    return batch

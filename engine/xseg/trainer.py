@@ -17,7 +17,6 @@ import os
 import signal
 import time
 
-import cv2
 import jax
 import numpy as np
 from tqdm import tqdm
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from engine import optim, parallel
 from engine.checkpoint import Checkpointer, check_config_compatible
 from engine.metrics import MetricsWriter
-from engine.preview import preview_grid
+from engine.preview import preview_grid, write_png_atomic
 from engine.trainer import compute_dtype
 from engine.xseg.data import XsegData
 from engine.xseg.model import init_model, validate_model_config
@@ -157,13 +156,8 @@ class XsegTrainer:
         red[..., 0] = 1.0
         overlay = images * (1.0 - 0.5 * probs) + red * 0.5 * probs
         grid = preview_grid([images, np.repeat(out["targets"], 3, axis=-1), overlay], max_rows=4)
-        ok, encoded = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise OSError("PNG encoding failed")
         path = os.path.join(self.workdir, "preview.png")
-        with open(path + ".tmp", "wb") as f:
-            f.write(encoded.tobytes())
-        os.replace(path + ".tmp", path)
+        write_png_atomic(path, grid)
         return path
 
     def close(self) -> None:
