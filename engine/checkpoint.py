@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
 
 from engine import distributed
 from preprocessing.errors import UserError
@@ -241,6 +242,32 @@ class Checkpointer:
         """Waits for pending saves and releases orbax's threads."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def load_trained_module(workdir: str | os.PathLike, build: Callable[[dict[str, Any]], nnx.Module],
+                        step: int | None = None, hint: str = "not a training run folder"
+                        ) -> tuple[nnx.GraphDef, Any, dict[str, Any], int]:
+    """(graphdef, params, saved config, step) of a run folder's checkpoint `step` (default newest).
+
+    The one way merge, XSeg apply and export open a trained model: only the params item is read,
+    and the module's shape comes from the config saved with it. `build(saved_config)` makes the
+    module (raising UserError for an unusable config); it runs under nnx.eval_shape, so it
+    allocates nothing. `hint` says what the folder should have been when it has no checkpoints.
+    """
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise UserError(f"{workdir}: {hint} (no checkpoints/ inside)")
+    ckpt = Checkpointer(workdir)
+    try:
+        if step is None:
+            step = ckpt.latest_step()
+            if step is None:
+                raise UserError(f"{workdir}: no checkpoint in it yet")
+        saved = ckpt.saved_config(step)
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build(saved)))
+        params = ckpt.restore_generator(nnx.to_pure_dict(abstract), step)
+    finally:
+        ckpt.close()
+    return graphdef, params, saved, int(step)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -6,14 +6,13 @@ saved with the checkpoint, so no training config has to be given again.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 from flax import nnx
 
-from engine.checkpoint import Checkpointer
+from engine.checkpoint import load_trained_module
 from engine.models.saehd import SAEHD, validate_model_config
 from engine.trainer import compute_dtype
 from preprocessing.errors import UserError
@@ -42,26 +41,17 @@ def with_xseg(model: MergeModel, xseg_workdir: str) -> MergeModel:
 
 def load_model(workdir: str, step: int | None = None, dtype_name: str = "auto") -> MergeModel:
     """Restores the generator from `workdir`'s newest readable checkpoint (or `step`)."""
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise UserError(f"{workdir}: not a training run folder (no checkpoints/ inside)")
-    ckpt = Checkpointer(workdir)
-    try:
-        if step is None:
-            step = ckpt.latest_step()
-            if step is None:
-                raise UserError(f"{workdir}: no checkpoint to merge with")
-        saved = ckpt.saved_config(step)
+    dtype = compute_dtype(dtype_name)
+
+    def build(saved: dict) -> SAEHD:
         model_cfg = ml_collections.ConfigDict(saved.get("model", {}))
         try:
             validate_model_config(model_cfg)
         except (ValueError, KeyError, AttributeError) as e:
-            raise UserError(f"{workdir}: checkpoint {step} holds an unusable model config ({e})") from None
-        dtype = compute_dtype(dtype_name)
-        abstract = nnx.eval_shape(lambda: SAEHD(model_cfg, rngs=nnx.Rngs(0), dtype=dtype))
-        graphdef, state = nnx.split(abstract)
-        params = ckpt.restore_generator(nnx.to_pure_dict(state), step)
-    finally:
-        ckpt.close()
-    params = jax.device_put(params)
-    return MergeModel(graphdef, params, int(model_cfg.resolution), FaceType.from_flag(model_cfg.face_type),
-                      int(step), saved, dtype)
+            raise UserError(f"{workdir}: the checkpoint holds an unusable model config ({e})") from None
+        return SAEHD(model_cfg, rngs=nnx.Rngs(0), dtype=dtype)
+
+    graphdef, params, saved, step = load_trained_module(workdir, build, step)
+    model_cfg = saved["model"]
+    return MergeModel(graphdef, jax.device_put(params), int(model_cfg["resolution"]),
+                      FaceType.from_flag(model_cfg["face_type"]), step, saved, dtype)

@@ -1,7 +1,6 @@
 """Building, initialising and loading XSeg models from a config (train, apply and merge share it)."""
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -9,7 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from engine.checkpoint import Checkpointer
+from engine.checkpoint import load_trained_module
 from engine.models.xseg import XSeg, num_levels
 from preprocessing.errors import UserError
 from preprocessing.face_types import FaceType
@@ -38,17 +37,13 @@ def init_model(model_cfg: Any, seed: int, dtype: jnp.dtype = jnp.float32) -> tup
 
 
 def load_trained(workdir: str, dtype: jnp.dtype = jnp.float32) -> tuple[nnx.GraphDef, dict, ml_collections.ConfigDict]:
-    """(graphdef, params, config) of the newest readable checkpoint in an xseg_train workdir."""
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise UserError(f"{workdir}: no XSeg checkpoints here (train one with python -m engine.xseg_train)")
-    ckpt = Checkpointer(workdir)
-    try:
-        cfg = ml_collections.ConfigDict(ckpt.saved_config())
-        if cfg.get("name") != "xseg":
-            raise UserError(f"{workdir}: holds a {cfg.get('name')!r} model, not an XSeg one")
-        graphdef, abstract = nnx.split(nnx.eval_shape(
-            lambda: XSeg(int(cfg.model.resolution), int(cfg.model.base), dtype=dtype, rngs=nnx.Rngs(0))))
-        params = ckpt.restore_generator(nnx.to_pure_dict(abstract))
-    finally:
-        ckpt.close()
-    return graphdef, params, cfg
+    """(graphdef, params, config) of the newest checkpoint in an xseg_train workdir."""
+    def build(saved: dict) -> XSeg:
+        if saved.get("name") != "xseg":
+            raise UserError(f"{workdir}: holds a {saved.get('name')!r} model, not an XSeg one")
+        return XSeg(int(saved["model"]["resolution"]), int(saved["model"]["base"]), dtype=dtype,
+                    rngs=nnx.Rngs(0))
+
+    graphdef, params, saved, _step = load_trained_module(
+        workdir, build, hint="no XSeg checkpoints here (train one with python -m engine.xseg_train)")
+    return graphdef, params, ml_collections.ConfigDict(saved)
