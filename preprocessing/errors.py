@@ -16,6 +16,15 @@ class UserError(Exception):
     """Bad input or environment, explained in one line that names the file and what is wrong."""
 
 
+def read_bytes(path: str) -> bytes:
+    """The whole file, or a UserError naming it (missing, a folder, no permission)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
 def cli_main(main: Callable[[Sequence[str]], None]) -> Callable[[Sequence[str]], None]:
     """Wraps an absl `main(argv)` so a UserError prints one line and exits with status 2."""
 

@@ -14,7 +14,7 @@ import struct
 import cv2
 import numpy as np
 
-from preprocessing.errors import UserError
+from preprocessing.errors import UserError, read_bytes
 from preprocessing.faceset.dfl_meta import DflMeta
 from preprocessing.faceset.safe_pickle import dumps_for_numpy1, safe_loads
 
@@ -140,12 +140,7 @@ def decode_rgb(data: bytes, source: str) -> np.ndarray:
 
 def read_dfljpg(path: str) -> DflFace:
     """Reads a DFL aligned JPEG: pixels and metadata. No metadata or a corrupt file -> UserError."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    return parse_dfljpg(data, path, os.path.basename(path))
+    return parse_dfljpg(read_bytes(path), path, os.path.basename(path))
 
 
 def parse_dfljpg(data: bytes, source: str, name: str) -> DflFace:

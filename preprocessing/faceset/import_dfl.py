@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from preprocessing.errors import UserError
+from preprocessing.errors import UserError, read_bytes
 from preprocessing.face_types import FaceType
 from preprocessing.faceset.dfl_meta import DflMeta
 from preprocessing.faceset.dfljpg import JpegHeader, decode_rgb, read_header
@@ -87,11 +87,7 @@ class _DflInput:
         if self._pak:
             data = self._pak.jpeg(i)
             return data, self._pak.header(i, data)
-        try:
-            with open(self._files[i], "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise UserError(f"{self._files[i]}: cannot read ({e.strerror})") from None
+        data = read_bytes(self._files[i])
         return data, read_header(data, self._files[i])
 
     def close(self) -> None:
