@@ -47,19 +47,22 @@ _RESOLUTION = flags.DEFINE_integer("resolution", 128, "model resolution (base ma
 
 
 def build(path: str, n: int, size: int) -> None:
-    """A whole_face faceset of n jittered astronaut crops with masks and plausible landmarks."""
+    """A whole_face faceset of n jittered astronaut crops with masks, plausible landmarks and
+    poses (yaw spread evenly over [-1, 1] rad, so uniform_yaw has bins to draw from)."""
     faces, masks = face_crops(n, size)
     rng = np.random.default_rng(1)
     landmarks = (LANDMARKS_68_3D[None, :, :2] * 0.25 * size + size / 2
                  + rng.normal(0, 0.01 * size, (n, 1, 2))).astype(np.float32)
+    pose = np.zeros((n, 3), np.float32)
+    pose[:, 1] = np.linspace(-1.0, 1.0, n)
     with FacesetWriter(path, size=size, face_type=FaceType.WHOLE_FACE,
                        producer={"program": "benchmarks.data_throughput"},
-                       arrays=["faces", "masks", "eyes_mouth_masks", "landmarks"]) as writer:
+                       arrays=["faces", "masks", "eyes_mouth_masks", "landmarks", "pose"]) as writer:
         source = writer.add_source({"path": "astronaut.png", "sha256": "0" * 64})
         for i in range(n):
             writer.add_frame(source, i, {"faces": faces[i:i + 1], "masks": masks[i:i + 1],
                                          "eyes_mouth_masks": masks[i:i + 1] // 2,
-                                         "landmarks": landmarks[i:i + 1]})
+                                         "landmarks": landmarks[i:i + 1], "pose": pose[i:i + 1]})
 
 
 @contextlib.contextmanager

@@ -11,12 +11,15 @@
 #    process, so JAX starts and the faceset is built once; each finished case is appended at once as
 #    a Markdown row to OUT_DIR/train_throughput.md and the JSON OUT_DIR/train_throughput.json is
 #    rewritten, so a run cut short keeps every case it finished. No case starts after BUDGET_S
-#    seconds (default 110: on an H200 a case took ~50 s, mostly compiling), and `timeout` stops it
-#    at 170 s.
+#    seconds (default 100: on an H200 a case took ~50 s, mostly compiling), and `timeout` stops it
+#    at 150 s.
 # 2. benchmarks.train_breakdown: the first case's step split into data, augmentation, losses, model
 #    and full step (OUT_DIR/train_breakdown.md and .json), stopped at 60 s. Its full and model-only
 #    steps are the first part's programs, found in the persistent XLA cache set below (on an H200
 #    with 128 faces it took 73 s with a cold cache, 30 s with one holding the model-only step).
+# 3. benchmarks.memory_savers: remat none/dots/full on the tiny preset at 64 px (temp memory from the
+#    compiled step, step time), stopped at 30 s (OUT_DIR/memory_savers.md and .json). Not in --smoke.
+#    Its full sizes (GAN, FSDP, offload, bf16 all-reduce at 128 px) need `benchmarks.suite --size=gpu`.
 # OUT_DIR/env.txt records the card and versions: name the card when recording the numbers.
 #
 # --smoke shrinks everything to one tiny case (32 px, batch 2, 2 steps) to check the script end to
@@ -31,7 +34,7 @@ if [[ "${1:-}" == "--smoke" ]]; then smoke=1; shift; fi
 out=${1:-${OUT:-bench_out}}
 python=${PYTHON:-python3}
 wheels=${WHEELS:-.whl}
-budget=${BUDGET_S:-110}
+budget=${BUDGET_S:-100}
 mkdir -p "$out"
 
 if compgen -G "$wheels/*.whl" >/dev/null; then
@@ -85,6 +88,9 @@ run() {
     status=$rc
   fi
 }
-run train_throughput 170 --cases="$cases" "${args[@]}" --budget_s="$budget"
+run train_throughput 150 --cases="$cases" "${args[@]}" --budget_s="$budget"
 run train_breakdown 60 "${breakdown[@]}"
+if (( ! smoke )); then
+  run memory_savers 30 --cases=tiny:64:16 --sections=remat --steps=5 --warmup=1 --faces=32
+fi
 exit "$status"

@@ -4,7 +4,7 @@
       [--jobs=N] [--torch_python=/tmp/torch311/bin/python]
 
 Each program (extract_throughput, faceset_read, data_throughput, train_throughput, merge_throughput,
-xseg_throughput, compare_torch) runs as its own subprocess, because their absl flags overlap (two
+xseg_throughput, compare_torch; scaling and memory_savers at the cpu and gpu sizes only) runs as its own subprocess, because their absl flags overlap (two
 of them define --steps differently) and each must start JAX afresh; for the same reason the suite
 parses its own flags with argparse, so importing it registers no absl flags. The flags per size:
 * ci: tiny networks, a few faces, one or two steps: checks that every program runs and reports
@@ -91,6 +91,18 @@ PROGRAMS = (
         "cpu": ["--faces=512", "--sizes=128", "--seconds=1"],
         "gpu": ["--faces=2048"],
     }, {"ci": 120, "cpu": 900, "gpu": 600}),
+    # No ci size: its PREDICTED table holds model figures, and ci prints measurements only.
+    Program("scaling", "markdown", True, {
+        "cpu": ["--devices=4", "--model=tiny:32", "--device_counts=1,2,4", "--per_device_batch=2", "--steps=5",
+                "--warmup=2", "--faces=64"],
+        "gpu": ["--model=liae:128", "--per_device_batch=32", "--steps=10", "--warmup=3", "--faces=512"],
+    }, {"cpu": 1200, "gpu": 420}),
+    # No ci size: each of its ~8 variants compiles a training step (about 6 minutes on 2 cores).
+    Program("memory_savers", "markdown", True, {
+        "cpu": ["--cases=tiny:32:8", "--steps=5", "--warmup=1", "--faces=64"],
+        "gpu": ["--cases=liae-ud:128:16", "--sections=remat,offload,gan,fsdp,allreduce", "--steps=10",
+                "--faces=256", "--budget_s=400"],
+    }, {"cpu": 1500, "gpu": 600}),
 )
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _SEPARATOR = re.compile(r"^\|(\s*:?-+:?\s*\|)+\s*$")
@@ -277,7 +289,10 @@ def run_suite(out_dir: str, size: str, names: Sequence[str] | None, jobs: int,
     unknown = sorted(set(names or ()) - set(known))
     if unknown:
         raise UserError(f"--only: unknown program(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    programs = [p for p in PROGRAMS if not names or p.name in names]
+    sizeless = [p.name for p in PROGRAMS if names and p.name in names and size not in p.flags]
+    if sizeless:
+        raise UserError(f"--only: {', '.join(sizeless)} has no --size={size}")
+    programs = [p for p in PROGRAMS if size in p.flags and (not names or p.name in names)]
     os.makedirs(out_dir, exist_ok=True)
     suite = Suite(out_dir, size, programs, jobs, torch_python)
     with suite.lock:

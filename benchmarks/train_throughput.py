@@ -35,6 +35,9 @@ Run: python -m benchmarks.train_throughput [--archis=liae-ud,df-ud --resolutions
      --batches=8,16,32 --steps=20 --output=train_throughput.json]
 Defaults by platform: resolutions 128,256 and batches 8,16,32,64 on GPU/TPU; resolution 64 and
 batch 4 on CPU.
+Profiling: --profile_steps=FIRST:LAST [--profile_dir=profile] traces end-to-end steps after the
+first case's timing (so the trace does not slow the timed steps) and prints engine/profiling.py's
+per-op summary to stderr.
 Flags shared with the other benchmarks (their modules build the faceset): --batches (global batch
 sizes), --faces (faces in the faceset), --dir (where to build it), --prefetch (batches in flight
 when a faceset is streamed); the others they define (--resolution, --modes, --sizes, --codecs,
@@ -45,6 +48,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -58,6 +62,7 @@ from flax import nnx
 from benchmarks.data_throughput import build
 from configs.saehd import get_config
 from engine import parallel
+from engine.profiling import StepProfiler, parse_profile_steps
 from engine.trainer import PEAK_FLOPS, Trainer
 from preprocessing.errors import UserError, cli_main
 
@@ -76,6 +81,10 @@ _DTYPE = flags.DEFINE_enum("compute_dtype", "auto", ["auto", "float32", "bfloat1
                            "compute dtype: auto = the trainer's rule (bf16 on GPU/TPU, fp32 on CPU)")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON file for the results (rewritten after each case)")
 _BUDGET = flags.DEFINE_float("budget_s", 0.0, "start no new case after this many seconds (0 = no limit)")
+_PROFILE_STEPS = flags.DEFINE_string("profile_steps", None,
+                                     "FIRST:LAST: after timing the first case, run LAST more end-to-end steps, "
+                                     "trace steps FIRST..LAST of them and print the op summary to stderr")
+_PROFILE_DIR = flags.DEFINE_string("profile_dir", "profile", "where --profile_steps writes its trace")
 
 FACESET_SIZE = 256
 _PLATFORM_DEFAULTS = {"cpu": {"resolutions": [64], "batches": [4]},
@@ -178,8 +187,9 @@ def _timing(times: list[float], batch: int, flops: float, devices: int) -> dict[
             "mfu": flops / step / (PEAK_FLOPS * devices), "step_ms_all": [1e3 * t for t in times]}
 
 
-def measure(case: Case, faceset: str, workdir: str) -> dict[str, Any]:
-    """Times one case end to end and model-only (see the module docstring)."""
+def measure(case: Case, faceset: str, workdir: str, profiler: StepProfiler | None = None) -> dict[str, Any]:
+    """Times one case end to end and model-only (see the module docstring); then, with a
+    `profiler`, runs its window's steps end to end again under the trace (untimed)."""
     cfg = get_config(case.archi)
     cfg.model.resolution = case.resolution
     cfg.train.batch_size = case.batch
@@ -217,6 +227,8 @@ def measure(case: Case, faceset: str, workdir: str) -> dict[str, Any]:
         # Back to back: the sustained rate (a prefetch queue filled during the steps would hide it).
         data_times = step_times({"next_batch": trainer.data.next_batch}, steps, 1)["next_batch"]
         data_rate = len(data_times) / sum(data_times)
+        if profiler is not None:
+            profiler.trace(end_to_end)
         devices = mesh.devices.size
         e2e, model = (_timing(times[name], case.batch, trainer.flops_per_step, devices)
                       for name in ("end_to_end", "model_only"))
@@ -271,8 +283,17 @@ def write_json(path: str, report: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def profiler_from_flags() -> StepProfiler | None:
+    """--profile_steps as a profiler whose summary goes to stderr (stdout holds the table)."""
+    if not _PROFILE_STEPS.value:
+        return None
+    return StepProfiler(parse_profile_steps(_PROFILE_STEPS.value), _PROFILE_DIR.value,
+                        report=lambda text: print(text, file=sys.stderr))
+
+
 def run(root: str) -> list[dict[str, Any]]:
     cases = cases_from_flags()
+    profiler = profiler_from_flags()
     started = time.perf_counter()
     faceset = os.path.join(root, "faceset")
     build(faceset, FLAGS.faces, FACESET_SIZE)
@@ -291,7 +312,7 @@ def run(root: str) -> list[dict[str, Any]]:
                   + ", ".join(":".join(map(str, c)) for c in cases[i:]), flush=True)
             break
         try:
-            result = measure(case, faceset, os.path.join(root, f"run{i}"))
+            result = measure(case, faceset, os.path.join(root, f"run{i}"), profiler if i == 0 else None)
         except Exception as e:  # a case that does not fit or fails must not cost the other cases
             result = failed_case(case, e)
         report["results"].append(result)

@@ -52,11 +52,18 @@ def get_config(arg: str = "liae-ud") -> ml_collections.ConfigDict:
         "true_face_power": 0.0,  # 0..1 (DFL suggests 0.01), df archis only: code discriminator
         "face_style_power": 0.0,  # 0..100: swap's face colours toward dst's
         "bg_style_power": 0.0,  # 0..100: swap's background toward dst's (DFL's wrong-mask bug fixed: engine/losses.py)
+        # Pretraining on one varied faceset (--pretrain_faceset); forces some options, and switching it
+        # off re-initialises the inters and restarts at step 0: engine/pretrain.py.
+        "pretrain": False,
         "max_steps": 0,  # 0 = until stopped
         "max_minutes": 0.0,
         "compute_dtype": "auto",  # auto (bf16 on GPU/TPU, fp32 on CPU)|float32|bfloat16
         "nan_patience": 10,  # consecutive non-finite steps before rolling back
         "device_memory_mb": 0,  # 0 = ask the device; else the budget the compiled step must fit
+        # Memory savers (engine/memory_savers.py, engine/grad_reduce.py; BUILD.md "Memory savers").
+        "remat": "none",  # none|dots|full, optionally ":component,..." (e.g. full:decoder)
+        "opt_on_host": False,  # optimiser state in host memory between steps (DFL's models_opt_on_gpu=False)
+        "grad_allreduce_dtype": "float32",  # float32|bfloat16: dtype of the data-parallel gradient mean
     })
     cfg.data = ml_collections.ConfigDict({
         "device_budget_mb": 2048,  # facesets smaller than this live on the devices

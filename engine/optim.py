@@ -163,7 +163,7 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict, seed: int,
     return tx
 
 
-def _path_names(path: tuple[Any, ...]) -> tuple[str, ...]:
+def path_names(path: tuple[Any, ...]) -> tuple[str, ...]:
     """A JAX key path as plain names: dict keys, attribute names and sequence indices as strings."""
     names = []
     for entry in path:
@@ -183,12 +183,12 @@ def freeze(tx: optax.GradientTransformation,
     multi_transform, the state keeps every leaf, so freezing can be switched on resume (LIAE's
     InterAB with random_warp) and checkpoints still restore. The price: a frozen leaf's moments still
     move (they see zero gradients: m decays) where DFL's optimiser would not touch them. `is_frozen` is evaluated at trace
-    time on the path names (see `_path_names`).
+    time on the path names (see `path_names`).
     """
 
     def zero_frozen(tree: optax.Updates) -> optax.Updates:
         return jax.tree_util.tree_map_with_path(
-            lambda path, leaf: jnp.zeros_like(leaf) if is_frozen(_path_names(path)) else leaf, tree)
+            lambda path, leaf: jnp.zeros_like(leaf) if is_frozen(path_names(path)) else leaf, tree)
 
     def update_fn(updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None):
         new_updates, state = tx.update(zero_frozen(updates), state, params)

@@ -9,6 +9,9 @@ Re-running the same command resumes from the last checkpoint in --workdir. Safe 
 resets the optimiser state with a warning; a change of the model's shape is refused.
 Ctrl-C or SIGTERM saves a checkpoint and exits cleanly.
 
+Pretraining: --config.train.pretrain=True --pretrain_faceset=PATH instead of --src/--dst; rerun
+with pretrain off and --src/--dst to switch to normal training (engine/pretrain.py).
+
 Several hosts: run the same command on each with --coordinator_address, --num_processes and
 --process_id (or the JAX_* environment variables, or --auto_distributed); see engine/distributed.py
 and BUILD.md.
@@ -31,17 +34,23 @@ _CONFIG = config_flags.DEFINE_config_file(
     "--config.model.resolution=256 etc.")
 _SRC = flags.DEFINE_string("src", None, "Source faceset (the identity to put in).")
 _DST = flags.DEFINE_string("dst", None, "Destination faceset (the faces to replace).")
+_PRETRAIN_FACESET = flags.DEFINE_string(
+    "pretrain_faceset", None, "With --config.train.pretrain=True: the faceset src and dst both read "
+    "(many varied faces); --src/--dst are then not needed. See engine/pretrain.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, config.json, metrics, previews.")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Stop after this many steps (overrides train.max_steps).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+_PROFILE_STEPS = flags.DEFINE_string(
+    "profile_steps", None, "FIRST:LAST (e.g. 100:105): write a jax.profiler trace of these steps (1-based, "
+    "inclusive) and print a per-op time summary; see BUILD.md \"Profiling\".")
+_PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Where --profile_steps writes (default WORKDIR/profile).")
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    for flag in (_SRC, _DST, _WORKDIR):
-        if not flag.value:
-            raise UserError(f"--{flag.name} is required")
+    if not _WORKDIR.value:  # --src/--dst, or --pretrain_faceset: engine/pretrain.py checks them
+        raise UserError("--workdir is required")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     cfg = _CONFIG.value
@@ -49,10 +58,18 @@ def main(argv: Sequence[str]) -> None:
         cfg.train.max_steps = _MAX_STEPS.value
     # A persistent XLA compilation cache, on by default: a resumed or repeated run skips compiling.
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/faceswap_jax/xla"))
-    distributed.initialize_from_flags()  # before anything touches a device
-    from engine.trainer import Trainer, summarize  # imports JAX: after flag parsing, so --help is fast
+    # These import JAX (touching no device yet): after flag parsing, so --help is fast.
+    from engine.profiling import StepProfiler, parse_profile_steps
+    from engine.trainer import Trainer, summarize
 
-    trainer = Trainer(cfg, _SRC.value, _DST.value, _WORKDIR.value, progress=_PROGRESS.value)
+    profile_steps = (parse_profile_steps(_PROFILE_STEPS.value, cfg.train.max_steps)
+                     if _PROFILE_STEPS.value is not None else None)
+    distributed.initialize_from_flags()  # before anything touches a device
+
+    profiler = StepProfiler(profile_steps, _PROFILE_DIR.value or os.path.join(_WORKDIR.value, "profile")) \
+        if profile_steps else None
+    trainer = Trainer(cfg, _SRC.value, _DST.value, _WORKDIR.value, progress=_PROGRESS.value, profiler=profiler,
+                      pretrain_faceset=_PRETRAIN_FACESET.value)
     try:
         last = trainer.run()
     finally:

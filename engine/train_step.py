@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from engine import losses, optim
+from engine import grad_reduce, losses, memory_savers, optim
 from engine.augment import augment_batch
 from engine.augment.pipeline import SCALE_RANGE
 from engine.models import parse_archi
@@ -67,6 +67,9 @@ class StepOptions:
     true_face_power: float = 0.0
     face_style_power: float = 0.0  # DFL's 0-100 scale
     bg_style_power: float = 0.0
+    remat: str = "none"  # engine/memory_savers.py: policy[:components]
+    opt_on_host: bool = False
+    grad_allreduce_dtype: str = "float32"  # engine/grad_reduce.py
 
     @classmethod
     def from_config(cls, cfg) -> "StepOptions":
@@ -77,7 +80,9 @@ class StepOptions:
             src_flip=t.random_src_flip, dst_flip=t.random_dst_flip, hsv_power=t.random_hsv_power,
             ct_mode=t.ct_mode, micro_batches=t.micro_batches, quick96=cfg.name == "quick96",
             gan_power=t.gan_power, true_face_power=t.true_face_power,
-            face_style_power=t.face_style_power, bg_style_power=t.bg_style_power)
+            face_style_power=t.face_style_power, bg_style_power=t.bg_style_power,
+            remat=t.remat, opt_on_host=t.opt_on_host,
+            grad_allreduce_dtype=t.grad_allreduce_dtype)
 
 
 # Inclusive ranges of DFL_SPEC §3.2.
@@ -193,6 +198,7 @@ def _loss_fn(graphdef: nnx.GraphDef, opts: StepOptions, critics: Mapping[str, Cr
     """
     def loss(params, aug: dict[str, jax.Array], critic_params: Mapping[str, Any]):
         model = nnx.merge(graphdef, params)
+        memory_savers.rematerialise(model, opts.remat)
         preds = model(aug["warped_src"], aug["warped_dst"])
         if opts.face_style_power > 0 or "code_disc" in critics:
             # Recomputes the encoder/inter forward, which XLA's CSE merges with the one above.
@@ -234,8 +240,11 @@ def _critic_grad_fn(critic: Critic):
 
 
 def _split_micro(tree: dict, n: int) -> dict:
-    """[B, ...] leaves -> [n, B/n, ...] for a scan over micro-batches."""
-    return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), tree)
+    """[B, ...] leaves -> [n, B/n, ...] for a scan over micro-batches; micro-batch i holds rows
+    i, i+n, i+2n, ... With the batch sharded over devices in contiguous blocks, each device keeps
+    its own rows in every micro-batch (the naive [n, B/n] reshape would put the sharded axis on
+    the scanned one, and XLA would gather the whole batch onto every device)."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x.reshape((x.shape[0] // n, n) + x.shape[1:]), 0, 1), tree)
 
 
 def _global_norm(tree) -> jax.Array:
@@ -243,10 +252,11 @@ def _global_norm(tree) -> jax.Array:
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, opts: StepOptions,
-                    critics: Mapping[str, Critic] = MappingProxyType({})
+                    critics: Mapping[str, Critic] = MappingProxyType({}), mesh: jax.sharding.Mesh | None = None
                     ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
     """Builds the pure step function (jit it with shardings and donate the state); `critics` from
-    `make_critics` (their powers come from `opts`)."""
+    `make_critics` (their powers come from `opts`); `mesh` only for a bf16 gradient all-reduce.
+    With opts.opt_on_host the optimiser states arrive in host memory (see engine/memory_savers.py)."""
     grad_fn = jax.value_and_grad(_loss_fn(graphdef, opts, critics), has_aux=True)
     critic_grad_fns = {name: _critic_grad_fn(critic) for name, critic in critics.items()}
 
@@ -256,10 +266,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, op
         critic_out = {name: fn(critic_params[name], *inputs[name]) for name, fn in critic_grad_fns.items()}
         return loss, terms, grads, critic_out
 
-    def step_fn(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
-        params = state["params"]
-        critic_params = {name: state[f"{name}_params"] for name in critics}
-        aug = augmented_inputs(opts, state["step"], batch)
+    def gradients(params, critic_params, aug):
+        """`compute` over the whole batch, accumulated over opts.micro_batches."""
         if opts.micro_batches > 1:
             def accumulate(carry, micro):
                 return jax.tree.map(jnp.add, carry, compute(params, critic_params, micro)), None
@@ -269,9 +277,22 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, op
             shapes = jax.eval_shape(compute, params, critic_params, first)
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
             summed, _ = jax.lax.scan(accumulate, zeros, micro)
-            loss, terms, grads, critic_out = jax.tree.map(lambda x: x / opts.micro_batches, summed)
-        else:
-            loss, terms, grads, critic_out = compute(params, critic_params, aug)
+            return jax.tree.map(lambda x: x / opts.micro_batches, summed)
+        return compute(params, critic_params, aug)
+
+    if opts.grad_allreduce_dtype != "float32":
+        if mesh is None:
+            raise ValueError("a gradient all-reduce in another dtype than float32 needs the mesh")
+        gradients = grad_reduce.data_parallel_gradients(gradients, mesh, opts.grad_allreduce_dtype)
+
+    def step_fn(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
+        if opts.opt_on_host:
+            state = {k: memory_savers.to_device(v) if k in memory_savers.OPT_STATE_KEYS else v
+                     for k, v in state.items()}
+        params = state["params"]
+        critic_params = {name: state[f"{name}_params"] for name in critics}
+        aug = augmented_inputs(opts, state["step"], batch)
+        loss, terms, grads, critic_out = gradients(params, critic_params, aug)
         updates, new_opt = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(_global_norm(grads))
@@ -332,7 +353,7 @@ def make_eval_step(graphdef: nnx.GraphDef, opts: StepOptions):
     the re-crop: warp, flips and colour jitter are off so the numbers are comparable over time)."""
     plain = dataclasses.replace(opts, random_warp=False, src_flip=False, dst_flip=False, hsv_power=0.0,
                                 ct_mode="none", gan_power=0.0, true_face_power=0.0, face_style_power=0.0,
-                                bg_style_power=0.0)
+                                bg_style_power=0.0, remat="none")
     loss = _loss_fn(graphdef, plain, {})
 
     def eval_fn(params, batch: Batch, step: jax.Array):

@@ -12,14 +12,14 @@ import logging
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from tqdm import tqdm
 
-from engine import distributed, optim, parallel
+from engine import distributed, memory_savers, optim, parallel, pretrain
 from engine.augment.pipeline import CT_MODES
 from engine.checkpoint import Checkpointer, check_config_compatible
 from engine.data import TrainData
@@ -27,6 +27,7 @@ from engine.flops import step_flops
 from engine.metrics import MetricsWriter
 from engine.models import SAEHD, parse_archi, validate_model_config
 from engine.preview import write_preview_grid
+from engine.profiling import StepProfiler
 from engine.train_step import (StepOptions, init_state, make_critics, make_eval_step, make_train_step,
                                reuses_previous_batch, validate_critic_options)
 from preprocessing.errors import UserError
@@ -63,6 +64,7 @@ def validate_config(cfg) -> None:
     if not 0.0 <= t.random_hsv_power <= 0.3:
         raise UserError(f"--config.train.random_hsv_power={t.random_hsv_power}: must be in [0, 0.3]")
     validate_critic_options(cfg)
+    memory_savers.validate_memory_options(cfg, jax.device_count())
     if t.lr <= 0:
         raise UserError(f"--config.train.lr={t.lr}: must be positive")
     # The loop takes these modulo / compares against them: 0 would fail mid-run, after compiling.
@@ -75,17 +77,24 @@ def validate_config(cfg) -> None:
 class Trainer:
     """Owns the model state, the data, the compiled step and the workdir of one training run."""
 
-    def __init__(self, cfg, src: str, dst: str, workdir: str, progress: bool = True):
+    def __init__(self, cfg, src: str | None, dst: str | None, workdir: str, progress: bool = True,
+                 profiler: StepProfiler | None = None, devices: Sequence[jax.Device] | None = None,
+                 pretrain_faceset: str | None = None):
+        """`profiler`: a trace window over some steps of `run`; `devices`: the mesh's devices
+        (default all; benchmarks/scaling.py times subsets); `pretrain_faceset`: what src and dst
+        both read when cfg.train.pretrain is on (engine/pretrain.py)."""
+        cfg = pretrain.effective_config(cfg)
+        src, dst = pretrain.training_facesets(cfg, src, dst, pretrain_faceset)
+        self.pretrain_faceset = src if pretrain.is_pretraining(cfg) else None
         validate_config(cfg)
-        self.cfg, self.workdir, self.progress = cfg, workdir, progress
+        self.cfg, self.workdir, self.progress, self.profiler = cfg, workdir, progress, profiler
         os.makedirs(workdir, exist_ok=True)
-        self.mesh = parallel.make_mesh(cfg.mesh)
+        self.mesh = parallel.make_mesh(cfg.mesh, devices)
         self.dtype = compute_dtype(cfg.train.compute_dtype)
         # Facesets and a refused resume fail here, before the model is built and anything compiled.
         self.data = TrainData(src, dst, cfg, self.mesh, FaceType.from_flag(cfg.model.face_type),
                               cfg.model.resolution, cfg.seed)
-        self.ckpt = Checkpointer(workdir, keep=cfg.checkpoint.keep, every_steps=cfg.checkpoint.every_steps,
-                                 every_minutes=cfg.checkpoint.every_minutes)
+        self.ckpt = self._checkpointer()
         if self.ckpt.latest_step() is not None:
             check_config_compatible(self.ckpt.saved_config(), cfg)  # raises on a shape change
         self.graphdef, params = init_model(cfg, self.dtype)
@@ -94,6 +103,9 @@ class Trainer:
         self.critics, critic_params = make_critics(cfg, self.dtype)  # GAN / true-face discriminators
         state = init_state(params, self.tx, self.critics, critic_params)
         self.state_sharding = parallel.param_shardings(state, self.mesh)  # replicated unless mesh.fsdp > 1
+        if cfg.train.opt_on_host:  # DFL's models_opt_on_gpu=False
+            memory_savers.check_host_offload(list(self.mesh.devices.flat))
+            self.state_sharding = memory_savers.offload_opt_state(self.state_sharding)
         self.batch_sharding = parallel.batch_sharding(self.mesh)
         state = parallel.put_global(state, self.state_sharding)
         self.state = self._restore_or_start(state)
@@ -118,11 +130,25 @@ class Trainer:
             return ("inter_AB",)
         return ()
 
+    def _checkpointer(self) -> Checkpointer:
+        c = self.cfg.checkpoint
+        return Checkpointer(self.workdir, keep=c.keep, every_steps=c.every_steps, every_minutes=c.every_minutes)
+
+    def _checkpoint_source(self) -> Checkpointer | None:
+        """The workdir's checkpoints, else a pretraining phase's whose switch to normal training has
+        not saved yet (engine/pretrain.py), else None (a fresh start)."""
+        if self.ckpt.latest_step() is not None:
+            return self.ckpt
+        archived = None if pretrain.is_pretraining(self.cfg) else pretrain.archived_workdir(self.workdir)
+        return None if archived is None else Checkpointer(archived, keep=0, every_steps=0, every_minutes=0)
+
     def _restore_or_start(self, state: dict) -> dict:
-        if self.ckpt.latest_step() is None:
+        source = self._checkpoint_source()
+        if source is None:
             return state
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-        saved_cfg = self.ckpt.saved_config()  # the newest readable checkpoint's
+        saved_cfg = source.saved_config()  # the newest readable checkpoint's
+        switch = pretrain.switch(saved_cfg, self.cfg)
         warnings = check_config_compatible(saved_cfg, self.cfg)
         reset_optimizer = any("optimizer" in w for w in warnings)
         for w in warnings:
@@ -132,26 +158,44 @@ class Trainer:
             abstract = {k: v for k, v in abstract.items() if k != "opt_state"}
         if any("discriminator" in w for w in warnings):  # its shape changed: start it afresh
             abstract = {k: v for k, v in abstract.items() if not k.startswith("disc_")}
-        restored, meta = self.ckpt.restore(abstract)
+        restored, meta = source.restore(abstract)
         # Items the checkpoint lacks (a discriminator switched on mid-run) or that were dropped above
         # start fresh.
         restored = {k: state[k] if restored.get(k) is None else restored[k] for k in state}
-        self.data.restore(meta["data"])
+        if switch == "off":
+            return self._end_pretraining(source, restored)
+        if switch == "on":  # other facesets: their sample order starts afresh
+            print(f"pretraining a model trained normally: it continues from step {int(restored['step'])} "
+                  f"on {self.pretrain_faceset}")
+        elif "data" in meta:  # an imported model (engine.import_dfl) has no data position yet
+            self.data.restore(meta["data"])
         print(f"resumed from step {int(restored['step'])} in {self.workdir}")
         return restored
 
+    def _end_pretraining(self, source: Checkpointer, restored: dict) -> dict:
+        """Pretraining switched off (DFL_SPEC §3.2): step 0, the inters and their optimiser moments
+        re-initialised as a fresh start would, the pretraining phase's outputs moved to pretrain/."""
+        _, params = init_model(self.cfg, self.dtype)
+        fresh = init_state(params, self.tx)
+        fresh = parallel.put_global(fresh, {k: self.state_sharding[k] for k in fresh})
+        names = pretrain.inter_names(self.cfg.model)
+        switched = pretrain.reinit_inters(restored, fresh, names)
+        for ckpt in {source, self.ckpt}:
+            ckpt.close()
+        pretrain.archive_phase(self.workdir)
+        self.ckpt = self._checkpointer()
+        print(f"pretraining switched off at step {int(restored['step'])}: training restarts at step 0 with "
+              f"{' and '.join(sorted(names))} re-initialised (encoder and decoder kept); the pretraining "
+              f"checkpoints and logs are in {os.path.join(self.workdir, pretrain.ARCHIVE)}")
+        return switched
+
     def _write_config(self) -> None:
-        if not distributed.is_main_process():
-            return
-        path = os.path.join(self.workdir, "config.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(self.cfg.to_json_best_effort(indent=2))
-        os.replace(tmp, path)
+        if distributed.is_main_process():
+            write_config(self.workdir, self.cfg)
 
     def _compile(self):
         """AOT-compiles the step and refuses, with advice, a step that will not fit the device."""
-        step = make_train_step(self.graphdef, self.tx, self.opts, self.critics)
+        step = make_train_step(self.graphdef, self.tx, self.opts, self.critics, self.mesh)
         jitted = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
                          out_shardings=(self.state_sharding, parallel.replicated(self.mesh)),
                          donate_argnums=0)
@@ -171,7 +215,8 @@ class Trainer:
 
     def _meta(self) -> dict:
         return {"step": int(self.state["step"]), "data": self.data.state(), "seed": self.cfg.seed,
-                "config": json.loads(self.cfg.to_json_best_effort()), "optimizer": self.cfg.train.optimizer}
+                "config": json.loads(self.cfg.to_json_best_effort()), "optimizer": self.cfg.train.optimizer,
+                "pretrain_faceset": self.pretrain_faceset}
 
     def save(self, force: bool = False) -> None:
         self.ckpt.save(int(self.state["step"]), self.state, self._meta(), force=force)
@@ -193,9 +238,13 @@ class Trainer:
                     break
                 if distributed.any_process(deadline and time.time() > deadline or bool(self._stop_signal)):
                     break
+                if self.profiler:
+                    self.profiler.before_step(step, self.state)
                 batch = self._batch_for(step, batch)
                 self.state, metrics = self.step_fn(self.state, batch)
                 step += 1
+                if self.profiler:
+                    self.profiler.after_step(step, (self.state, metrics))
                 window_steps += 1
                 bar.update(1)
                 if step % self.cfg.log.every_steps == 0 or step == t.max_steps:
@@ -213,6 +262,8 @@ class Trainer:
                     self.save()
         finally:
             bar.close()
+            if self.profiler:
+                self.profiler.stop()  # a run that ended inside the window
             for s, handler in old.items():
                 signal.signal(s, handler)
         if self._stop_signal:
@@ -281,6 +332,15 @@ class Trainer:
         self.ckpt.close()
         self.metrics.close()
         self.data.close()
+
+
+def write_config(workdir: str, cfg) -> None:
+    """The resolved config as `<workdir>/config.json` (atomically), for people and tools to read."""
+    path = os.path.join(workdir, "config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(cfg.to_json_best_effort(indent=2))
+    os.replace(tmp, path)
 
 
 def init_model(cfg, dtype) -> tuple[nnx.GraphDef, dict]:

@@ -251,6 +251,46 @@ def test_powers_off_is_the_plain_step_bit_for_bit(setup):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def _bce64(logits, label: float) -> np.ndarray:
+    """Sigmoid cross-entropy in float64, per sample (mean over the logit map)."""
+    x = np.asarray(logits, np.float64).reshape(len(logits), -1)
+    return (np.maximum(x, 0) - x * label + np.log1p(np.exp(-np.abs(x)))).mean(axis=1)
+
+
+def test_true_face_step_matches_the_reference_code_discriminator_loss(setup):
+    """DF tiny, true_face_power 0.01 (DFL_SPEC §3.4): the step's code-discriminator loss is
+    ½[BCE(1, D(z_dst)) + BCE(0, D(z_src))] and its generator term tfp·BCE(1, D(z_src)), both
+    recomputed here in float64 from the same codes and logits (rtol 1e-5: float32 step vs float64;
+    swapping real and fake moves the D loss by 3e-3 relative), and D's parameters move. With the
+    power 0 there is no code discriminator in the state at all."""
+    _, _, _, batch = setup
+    cfg = saehd.get_config("tiny-df")
+    cfg.train.update(batch_size=B, true_face_power=0.01)
+    graphdef, params = init_model(cfg, jnp.float32)
+    critics, critic_params = make_critics(cfg, jnp.float32)
+    tx = optim.make_optimizer(cfg.train, cfg.seed)
+    opts = StepOptions.from_config(cfg)
+    new, metrics = jax.jit(make_train_step(graphdef, tx, opts, critics))(
+        init_state(params, tx, critics, critic_params), batch)
+
+    @jax.jit
+    def logits(params, disc_params, batch):
+        aug = augmented_inputs(opts, jnp.int32(0), batch)
+        z_src, z_dst, _ = nnx.merge(graphdef, params).inter_codes(aug["warped_src"], aug["warped_dst"])
+        disc = nnx.merge(critics["code_disc"].graphdef, disc_params)
+        return disc(z_src), disc(z_dst)
+
+    fake, real = logits(params, critic_params["code_disc"], batch)
+    want_d = np.mean(0.5 * (_bce64(real, 1.0) + _bce64(fake, 0.0)))
+    want_g = np.mean(0.01 * _bce64(fake, 1.0))
+    np.testing.assert_allclose(float(metrics["code_disc_loss"]), want_d, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["true_face_loss"]), want_g, rtol=1e-5)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new["code_disc_params"]),
+                                                         jax.tree.leaves(critic_params["code_disc"])))
+    cfg.train.true_face_power = 0.0
+    assert make_critics(cfg, jnp.float32) == ({}, {})
+
+
 # ---------------------------------------------------------------------------------------------
 # GAN in the trainer: switched on mid-run, learning, and re-initialised on a patch-size change
 # ---------------------------------------------------------------------------------------------

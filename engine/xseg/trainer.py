@@ -25,7 +25,7 @@ from engine import optim, parallel
 from engine.checkpoint import Checkpointer, check_config_compatible
 from engine.metrics import MetricsWriter
 from engine.preview import preview_grid, write_png_atomic
-from engine.trainer import compute_dtype
+from engine.trainer import compute_dtype, write_config
 from engine.xseg.data import XsegData
 from engine.xseg.model import init_model, validate_model_config
 from engine.xseg.step import init_state, make_eval_step, make_train_step
@@ -60,7 +60,7 @@ class XsegTrainer:
         self.replicated = parallel.replicated(self.mesh)
         state = jax.device_put(init_state(params, self.tx), self.replicated)
         self.state = self._restore_or_start(state)
-        self._write_config()
+        write_config(self.workdir, self.cfg)
         resolution = int(cfg.model.resolution)
         step = make_train_step(self.graphdef, self.tx, int(cfg.seed), resolution)
         batch = self.data.next_batch()
@@ -86,12 +86,6 @@ class XsegTrainer:
         self.data.restore(meta["data"])
         print(f"resumed from step {int(restored['step'])} in {self.workdir}")
         return restored
-
-    def _write_config(self) -> None:
-        path = os.path.join(self.workdir, "config.json")
-        with open(path + ".tmp", "w") as f:
-            f.write(self.cfg.to_json_best_effort(indent=2))
-        os.replace(path + ".tmp", path)
 
     def _meta(self) -> dict:
         return {"data": self.data.state(), "seed": self.cfg.seed, "optimizer": self.cfg.train.optimizer,
