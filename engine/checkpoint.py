@@ -47,7 +47,8 @@ from preprocessing.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# Train-state keys and the orbax item each one is stored in; other keys use their own name.
+# Train-state keys and the orbax item each one is stored in (all but 'step', which the meta holds);
+# a key missing here still saves under its own name, but each restore then warns about it.
 ITEM_NAMES = {
     "params": "generator",
     "opt_state": "optimizer",
@@ -55,6 +56,7 @@ ITEM_NAMES = {
     "disc_opt_state": "disc_optimizer",
     "code_disc_params": "code_discriminator",
     "code_disc_opt_state": "code_disc_optimizer",
+    "counters": "counters",
 }
 META_ITEM = "meta"
 
@@ -108,7 +110,11 @@ class Checkpointer:
         self._unreadable: set[int] = set()  # steps a restore in this process failed to read
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep if keep > 0 else None, create=True, enable_async_checkpointing=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # Every item's handler up front: a manager that has not yet saved or restored an item would
+        # otherwise warn, on each partial read (config, generator), that it cannot restore the rest.
+        handlers = {name: ocp.StandardCheckpointHandler() for name in ITEM_NAMES.values()}
+        handlers[META_ITEM] = ocp.JsonCheckpointHandler()
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     # ---- saving ---------------------------------------------------------------------------
 
