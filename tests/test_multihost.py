@@ -69,11 +69,11 @@ def faceset(tmp_path_factory) -> str:
     return out
 
 
-def train_args(faceset: str, workdir: str) -> list[str]:
+def train_args(faceset: str, workdir: str, max_steps: int = STEPS) -> list[str]:
     # every_minutes > 0 puts the broadcast time-based checkpoint decision on every step's path.
     return [sys.executable, "-m", "engine.train", "--config=configs/saehd.py:tiny", "--config.log.every_steps=1",
             "--config.checkpoint.every_minutes=60", "--noprogress", f"--src={faceset}", f"--dst={faceset}",
-            f"--workdir={workdir}", f"--max_steps={STEPS}"]
+            f"--workdir={workdir}", f"--max_steps={max_steps}"]
 
 
 def losses(workdir: str) -> dict[str, list[float]]:
@@ -83,7 +83,9 @@ def losses(workdir: str) -> dict[str, list[float]]:
     return {key: [r[key] for r in records] for key in ("loss", "src_loss", "dst_loss", "val_loss")}
 
 
-def test_two_processes_train_like_one(faceset, tmp_path):
+def test_two_processes_train_and_resume_like_one(faceset, tmp_path):
+    """1 process trains STEPS steps; 2 processes train half of them, stop (both save their shards
+    of the checkpoint), and resume to STEPS: the same losses at every step."""
     one = str(tmp_path / "one")
     proc = subprocess.run(train_args(faceset, one), cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
@@ -91,16 +93,18 @@ def test_two_processes_train_like_one(faceset, tmp_path):
     two = str(tmp_path / "two")
     logs = tmp_path / "logs"
     logs.mkdir()
-    results = launch(train_args(faceset, two), 2, str(logs))
-    for r in results:
-        assert r.returncode == 0, r.stderr[-3000:]
+    for max_steps in (STEPS // 2, STEPS):
+        results = launch(train_args(faceset, two, max_steps), 2, str(logs))
+        for r in results:
+            assert r.returncode == 0, r.stderr[-3000:]
+    assert all(f"resumed from step {STEPS // 2}" in r.stdout for r in results)
     reference, got = losses(one), losses(two)
     for key in reference:
         np.testing.assert_allclose(got[key], reference[key], rtol=MULTIHOST_RTOL, err_msg=key)
     # One process reports and writes the single-copy outputs; both took part in the checkpoint.
     assert f"trained to step {STEPS}" in results[0].stdout and "trained to step" not in results[1].stdout
     assert os.path.exists(os.path.join(two, "preview.png")) and os.path.exists(os.path.join(two, "config.json"))
-    assert sorted(os.listdir(os.path.join(two, "checkpoints"))) == [str(STEPS)]
+    assert sorted(os.listdir(os.path.join(two, "checkpoints"))) == [str(STEPS // 2), str(STEPS)]
     assert os.path.exists(os.path.join(two, "checkpoints", str(STEPS), "meta"))
 
 
