@@ -33,50 +33,13 @@ def conv_output_size(size: int, kernel_size: int, stride: int) -> int:
     return (size + 2 * same_padding(kernel_size) - kernel_size) // stride + 1
 
 
-# Output maps up to this many pixels are convolved as patches @ kernel on a CPU (see Conv).
-MATMUL_MAX_PIXELS = 64
-
-
-def conv_as_matmul(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
-    """The same convolution (zero pad `pad`, square kernel [k,k,in,out]) as one matmul of the
-    input's k*k shifted, strided views against the reshaped kernel; its gradient is slices and
-    matmuls too."""
-    k = kernel.shape[0]
-    b, h, w, c = x.shape
-    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    taps = [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
-            for i in range(k) for j in range(k)]
-    patches = jnp.concatenate(taps, axis=-1).reshape(b * ho * wo, k * k * c)  # tap-major, like the kernel
-    return jnp.dot(patches, kernel.reshape(k * k * c, -1)).reshape(b, ho, wo, -1)
-
-
-class Conv(nnx.Conv):
-    """nnx.Conv that, on a CPU, computes small output maps (<= 8x8 pixels) with `conv_as_matmul`.
-
-    XLA:CPU emits naive loops for convolutions on tiny maps instead of calling its conv kernels:
-    the 3x3 conv on SAEHD's 2x2 inter map took 480 ms against 2.6 ms as a matmul, its gradient
-    740 ms against 17 ms (benchmarks/RESULTS.md, 2026-11-27). Other backends and larger maps use
-    the plain convolution. Same parameters, same result up to float rounding (tested).
-    """
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        (pad, _), _ = self.padding
-        k = self.kernel_size[0]
-        pixels = ((x.shape[1] + 2 * pad - k) // self.strides + 1) * ((x.shape[2] + 2 * pad - k) // self.strides + 1)
-        if jax.default_backend() != "cpu" or pixels > MATMUL_MAX_PIXELS:
-            return super().__call__(x)
-        y = conv_as_matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.strides, pad)
-        return y + self.bias[...].astype(self.dtype)
-
-
 def conv2d(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, *,
-           dtype: jnp.dtype, rngs: nnx.Rngs) -> Conv:
+           dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Conv:
     """A conv with DFL's padding and initialisation (NHWC, kernel [k,k,in,out])."""
     p = same_padding(kernel_size)
-    return Conv(in_ch, out_ch, (kernel_size, kernel_size), strides=stride,
-                padding=((p, p), (p, p)), kernel_init=_GLOROT, bias_init=_ZEROS,
-                dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    return nnx.Conv(in_ch, out_ch, (kernel_size, kernel_size), strides=stride,
+                    padding=((p, p), (p, p)), kernel_init=_GLOROT, bias_init=_ZEROS,
+                    dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
 def dense(in_features: int, out_features: int, *, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Linear:
