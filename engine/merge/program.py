@@ -70,11 +70,6 @@ class Merger:
         self.model, self.faces, self.keyframes = model, faces, keyframes
         self.batch_size, self._seed = batch_size, seed
         self._programs: dict[tuple[int, StaticOptions], Any] = {}
-        # XLA:CPU can deadlock running two of these programs at once: each FFT (the Poisson solve)
-        # blocks a worker of the shared thread pool while it waits for subtasks queued on that
-        # same pool (seen with 2 cores). On a CPU each batch is therefore finished before the next
-        # is dispatched; host and device share the cores there, so little overlap is lost.
-        self._serial = jax.default_backend() == "cpu"
 
     @property
     def compilations(self) -> int:
@@ -122,10 +117,7 @@ class Merger:
             num = {name: np.array([j.numeric[name] for j in padded], np.float32) for name in _DEVICE_NUMERIC}
             keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(
                 jnp.array([j.key_id for j in padded], jnp.uint32))
-            out = program(self.model.params, batch, num, keys, self.model.xseg_params)
-            if self._serial:
-                jax.block_until_ready(out)
-            pending.append((len(part), out))
+            pending.append((len(part), program(self.model.params, batch, num, keys, self.model.xseg_params)))
         return pending
 
     # ------------------------------------------------------------------ frames
@@ -134,8 +126,7 @@ class Merger:
         """Merged frames in input order, from (index, pts, RGB uint8) frames.
 
         Two chunks are in flight: chunk k+1 is read, cut and dispatched to the device before
-        chunk k's results are fetched and composited, so host and device work overlap (on an
-        accelerator; on a CPU each dispatch waits for its batch, see __init__)."""
+        chunk k's results are fetched and composited, so host and device work overlap."""
         in_flight: _Chunk | None = None
         chunk: list[tuple[int, float | None, np.ndarray]] = []
         for frame in frames:
