@@ -8,7 +8,8 @@
   (`jax.checkpoint_policies.dots_saveable`) keeps the outputs of the convolutions and matmuls and
   recomputes the cheap elementwise work between them (activations, pixel norm, adds). Its
   "no batch dims" variant would save nothing of a conv net (it only knows dot_general), so it is
-  not offered. Losses and gradients are those of "none" (the same float ops, recomputed).
+  not offered. Losses and gradients are those of "none" (the same float ops, recomputed). Inside a
+  wrapped component convolutions stay convolutions on a CPU too (`layers.plain_convolutions`).
 * `train.opt_on_host` (DeepFaceLab's models_opt_on_gpu=False): the generator's and critics'
   optimiser states live in pinned host memory between steps; the step copies them to the device,
   updates them and XLA writes them back to host memory through the step's out_shardings. On a CPU
@@ -25,6 +26,7 @@ from flax import nnx
 
 from engine.grad_reduce import GRAD_DTYPES
 from engine.models import SAEHD
+from engine.models.layers import plain_convolutions
 from preprocessing.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,8 @@ class Rematerialised(nnx.Module):
         self.inner, self.policy = inner, policy
 
     def __call__(self, *args: jax.Array) -> Any:
-        return nnx.remat(lambda module, *xs: module(*xs), policy=self.policy)(self.inner, *args)
+        with plain_convolutions():
+            return nnx.remat(lambda module, *xs: module(*xs), policy=self.policy)(self.inner, *args)
 
 
 def check_host_offload(devices: Sequence[jax.Device]) -> None:

@@ -38,6 +38,7 @@ from engine.augment import augment_batch
 from engine.augment.pipeline import SCALE_RANGE
 from engine.models import parse_archi
 from engine.models.discriminators import CodeDiscriminator, UNetPatchDiscriminator, patch_layers
+from engine.models.layers import plain_convolutions
 from preprocessing.errors import UserError
 
 Batch = dict[str, dict[str, jax.Array]]
@@ -255,7 +256,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, op
                     critics: Mapping[str, Critic] = MappingProxyType({}), mesh: jax.sharding.Mesh | None = None
                     ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
     """Builds the pure step function (jit it with shardings and donate the state); `critics` from
-    `make_critics` (their powers come from `opts`); `mesh` only for a bf16 gradient all-reduce.
+    `make_critics` (their powers come from `opts`); `mesh` for a bf16 gradient all-reduce and, when
+    it has an fsdp axis, to keep convolutions (layers.plain_convolutions).
     With opts.opt_on_host the optimiser states arrive in host memory (see engine/memory_savers.py)."""
     grad_fn = jax.value_and_grad(_loss_fn(graphdef, opts, critics), has_aux=True)
     critic_grad_fns = {name: _critic_grad_fn(critic) for name, critic in critics.items()}
@@ -286,6 +288,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, op
         gradients = grad_reduce.data_parallel_gradients(gradients, mesh, opts.grad_allreduce_dtype)
 
     def step_fn(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
+        with plain_convolutions(mesh is not None and mesh.shape["fsdp"] > 1):
+            return traced_step(state, batch)
+
+    def traced_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
         if opts.opt_on_host:
             state = {k: memory_savers.to_device(v) if k in memory_savers.OPT_STATE_KEYS else v
                      for k, v in state.items()}

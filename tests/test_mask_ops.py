@@ -1,11 +1,11 @@
 """Merge mask erode/dilate and blur, and motion blur, against OpenCV (engine.merge.mask_ops, DFL_SPEC §4.3, §4.7)."""
 import cv2
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import skimage.data
 
+from engine.merge.compile_options import fft_safe_jit
 from engine.merge import mask_ops
 
 
@@ -62,7 +62,7 @@ def test_erode_dilate_equals_cv2_with_the_same_element():
     amounts = [0, 1, 2, 5, 12, 51, -7, -30, 400, -400]
     horse, grey = _horse(200, 164), _astronaut(164, 200).mean(-1)
     masks = np.stack([horse if i % 2 else grey for i in range(len(amounts))])[..., None]
-    out = np.asarray(jax.jit(mask_ops.erode_dilate)(jnp.asarray(masks), jnp.asarray(amounts)))
+    out = np.asarray(fft_safe_jit(mask_ops.erode_dilate)(jnp.asarray(masks), jnp.asarray(amounts)))
     for amount, mask, got in zip(amounts, masks[..., 0], out[..., 0]):
         want = _cv2_morph(mask, amount, mask_ops.structuring_element)
         np.testing.assert_allclose(got, want, atol=1e-6, err_msg=f"amount {amount}")
@@ -73,7 +73,7 @@ def test_erode_dilate_close_to_opencv_ellipse(name):
     mask = _horse(400, 328) if name == "horse" else _hull_mask()
     amounts = [7, 25, 51, -40, -151] + ([101] if name == "hull" else [])  # the horse vanishes at 101
     batch = jnp.asarray(np.stack([mask] * len(amounts))[..., None])
-    out = np.asarray(jax.jit(mask_ops.erode_dilate)(batch, jnp.asarray(amounts)))
+    out = np.asarray(fft_safe_jit(mask_ops.erode_dilate)(batch, jnp.asarray(amounts)))
     for amount, got in zip(amounts, out[..., 0]):
         want = _cv2_morph(mask, amount, _ellipse)
         inside, want_inside = got > 0.5, want > 0.5
@@ -87,7 +87,7 @@ def test_gaussian_blur_matches_cv2():
     image = _astronaut()
     sizes = np.array([[0, 1, 3, 4], [5, 7, 11, 24], [25, 50, 101, 401]])  # two batch dims; even sizes become odd
     batch = jnp.asarray(np.broadcast_to(image, sizes.shape + image.shape))
-    out = np.asarray(jax.jit(mask_ops.gaussian_blur)(batch, jnp.asarray(sizes)))
+    out = np.asarray(fft_safe_jit(mask_ops.gaussian_blur)(batch, jnp.asarray(sizes)))
     for size, got in zip(sizes.ravel(), out.reshape((-1,) + image.shape)):
         k = size + 1 - size % 2
         want = image if k <= 1 else cv2.GaussianBlur(image, (k, k), 0)
@@ -101,7 +101,7 @@ def test_gaussian_blur_size_9_uses_the_formula():
     taps = np.exp(-0.5 * (np.arange(-4, 5) / sigma) ** 2)
     taps /= taps.sum()
     want = cv2.sepFilter2D(image, -1, taps, taps, borderType=cv2.BORDER_REFLECT_101)
-    np.testing.assert_allclose(np.asarray(jax.jit(mask_ops.gaussian_blur)(jnp.asarray(image), 9)), want, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(fft_safe_jit(mask_ops.gaussian_blur)(jnp.asarray(image), 9)), want, atol=1e-5)
 
 
 def _process_mask_reference(mask: np.ndarray, erode: int, blur: int, pad: int, element) -> np.ndarray:
@@ -122,7 +122,7 @@ def test_process_mask_matches_opencv_reference():
     options = [(0, 0), (10, 0), (-10, 0), (0, 10), (15, 33), (-25, 60), (-60, 21), (4, 100), (-400, 7)]
     erode, blur = (jnp.asarray(o) for o in zip(*options))
     batch = jnp.asarray(np.stack([mask] * len(options))[..., None])
-    out = np.asarray(jax.jit(mask_ops.process_mask, static_argnames="pad")(batch, erode, blur, pad=pad))
+    out = np.asarray(fft_safe_jit(mask_ops.process_mask, static_argnames="pad")(batch, erode, blur, pad=pad))
     for (e, b), got in zip(options, out[..., 0]):
         assert got.shape == mask.shape
         want = _process_mask_reference(mask, e, b, pad, mask_ops.structuring_element)
@@ -132,7 +132,7 @@ def test_process_mask_matches_opencv_reference():
 
 
 def test_process_mask_compiles_once_for_all_option_values():
-    process = jax.jit(lambda m, e, b: mask_ops.process_mask(m, e, b, pad=16))  # its own compilation cache
+    process = fft_safe_jit(lambda m, e, b: mask_ops.process_mask(m, e, b, pad=16))  # its own compilation cache
     mask = jnp.asarray(_horse(64, 64)[None, ..., None])
     results = [process(mask, e, b) for e, b in [(0, 0), (5, 3), (-9, 40), (400, 1)]]
     assert process._cache_size() == 1
@@ -158,7 +158,7 @@ def test_motion_blur_impulse_response_is_the_dfl_kernel():
     impulse = np.zeros((len(_MOTION), n, n, 1), np.float32)
     impulse[:, n // 2, n // 2] = 1
     sizes, angles = (jnp.asarray(v) for v in zip(*_MOTION))
-    out = np.asarray(jax.jit(mask_ops.motion_blur)(jnp.asarray(impulse), sizes, angles))
+    out = np.asarray(fft_safe_jit(mask_ops.motion_blur)(jnp.asarray(impulse), sizes, angles))
     for (size, angle), got in zip(_MOTION, out[..., 0]):
         # filter2D correlates: the response at centre - offset is the tap at offset (anchor size//2)
         rows = n // 2 + size // 2 - np.arange(size)
@@ -170,7 +170,7 @@ def test_motion_blur_matches_filter2d_on_a_real_image():
     image = _astronaut()
     cases = _MOTION + [(0, 30.0), (1, 30.0)]  # 0 and 1: no blur
     sizes, angles = (jnp.asarray(v) for v in zip(*cases))
-    out = np.asarray(jax.jit(mask_ops.motion_blur)(jnp.asarray(np.stack([image] * len(cases))), sizes, angles))
+    out = np.asarray(fft_safe_jit(mask_ops.motion_blur)(jnp.asarray(np.stack([image] * len(cases))), sizes, angles))
     for (size, angle), got in zip(cases, out):
         want = image if size <= 1 else cv2.filter2D(image, -1, _dfl_motion_kernel(size, angle))
         np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"size {size}")  # float32 FFT: ~1e-6
@@ -180,7 +180,7 @@ def test_motion_kernel_size_follows_dfl():
     power = np.array([0.0, 0.4, 3.0, 9.99, 10.0, 37.5, 120.0, 800.0])
     percent = np.array([0, 1, 10, 33, 50, 100])
     p, q = (a.ravel() for a in np.meshgrid(power, percent))
-    size = jax.jit(mask_ops.motion_kernel_size, static_argnames="superres")
+    size = fft_safe_jit(mask_ops.motion_kernel_size, static_argnames="superres")
     for superres in (False, True):
         want = []
         for motion, pct in zip(p, q):

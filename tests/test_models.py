@@ -15,8 +15,9 @@ from flax import nnx
 from configs import quick96, saehd
 from engine.flops import module_flops, step_flops
 from engine.models import SAEHD, Archi, param_counts, parse_archi, validate_model_config
-from engine.models.layers import (Downscale, ResidualBlock, Upscale, conv2d, dense, depth_to_space,
-                                  flatten_channel_major, pixel_norm, unflatten_channel_major)
+from engine.models.layers import (MATMUL_MAX_PIXELS, Downscale, ResidualBlock, Upscale, conv2d, dense,
+                                  depth_to_space, flatten_channel_major, pixel_norm, plain_convolutions,
+                                  unflatten_channel_major)
 
 ARCHIS = [f"{kind}{'-' + opts if opts else ''}"
           for kind in ("df", "liae") for opts in ("", "u", "d", "t", "ud", "udt")]
@@ -215,6 +216,55 @@ def test_conv_uses_symmetric_explicit_padding(k, stride, size, out_size):
     y = np.asarray(layer(jnp.asarray(x)))
     assert y.shape == (2, out_size, out_size, 5)
     np.testing.assert_allclose(y, np_conv(x, *conv_params(layer), stride), atol=1e-5)
+
+
+@pytest.mark.parametrize("k,stride,size", [(3, 1, 2), (5, 2, 8), (5, 2, 7), (3, 2, 4), (1, 1, 8), (4, 2, 15)])
+def test_small_maps_are_convolved_as_a_matmul_with_the_same_values_and_gradients(k, stride, size):
+    """On a CPU, output maps <= MATMUL_MAX_PIXELS go through conv_as_matmul (XLA:CPU runs tiny
+    convs as naive loops): its forward and backward hold dots and no convolution, and the output and both
+    gradients equal nnx.Conv's plain convolution within float32 rounding (atol 1e-5)."""
+    layer = conv2d(6, 5, k, stride, dtype=jnp.float32, rngs=rngs(2))
+    x = jnp.asarray(rng_array((2, size, size, 6)))
+    plain = lambda lyr, v: nnx.Conv.__call__(lyr, v)  # noqa: E731 - the parent's convolution
+    ours = lambda lyr, v: lyr(v)  # noqa: E731
+    lowered = jax.jit(jax.grad(lambda v: jnp.sum(layer(v)))).lower(x).as_text()
+    assert "dot_general" in lowered and "convolution" not in lowered
+
+    def grads(call):
+        def loss(lyr, v):
+            return jnp.sum(call(lyr, v) ** 2)
+        return nnx.grad(loss, argnums=(0, 1))(layer, x)
+
+    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(plain(layer, x)), atol=1e-5)
+    (gl_ours, gx_ours), (gl_plain, gx_plain) = grads(ours), grads(plain)
+    np.testing.assert_allclose(np.asarray(gx_ours), np.asarray(gx_plain), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(gl_ours.kernel[...]), np.asarray(gl_plain.kernel[...]), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(gl_ours.bias[...]), np.asarray(gl_plain.bias[...]), atol=1e-4)
+
+
+MATMUL_SIDE = math.isqrt(MATMUL_MAX_PIXELS)  # 8: an 8x8 output map is the largest matmul'd
+
+
+def test_larger_maps_keep_the_convolution():
+    layer = conv2d(3, 4, 3, 1, dtype=jnp.float32, rngs=rngs(3))
+    x = jnp.zeros((1, MATMUL_SIDE + 1, MATMUL_SIDE + 1, 3))
+    primitives = {e.primitive.name for e in jax.make_jaxpr(lambda v: layer(v))(x).jaxpr.eqns}
+    assert "conv_general_dilated" in primitives and "dot_general" not in primitives
+
+
+def test_plain_convolutions_context_keeps_the_convolution_and_restores_the_matmul_after():
+    layer = conv2d(3, 4, 3, 1, dtype=jnp.float32, rngs=rngs(3))
+    x = jnp.zeros((1, 4, 4, 3))
+
+    def primitives():
+        return {e.primitive.name for e in jax.make_jaxpr(lambda v: layer(v))(x).jaxpr.eqns}
+
+    with plain_convolutions():
+        with plain_convolutions(False):  # an inner "no" does not undo an outer "yes"
+            assert "conv_general_dilated" in primitives()
+    with plain_convolutions(False):
+        assert "conv_general_dilated" not in primitives()
+    assert "conv_general_dilated" not in primitives()
 
 
 def test_flatten_is_channel_major_and_unflatten_inverts_it():

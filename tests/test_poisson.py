@@ -9,19 +9,19 @@ outside the solve rectangle's interior both equal dst exactly.
 from __future__ import annotations
 
 import cv2
-import jax
 import numpy as np
 import pytest
 import scipy.fft
 import scipy.sparse
 import scipy.sparse.linalg
 
+from engine.merge.compile_options import fft_safe_jit
 from engine.merge.poisson import dst1, dst1_window, idst1, opencv_mask_domain, seamless_clone, solve_poisson
 from preprocessing.samples import astronaut_rgb, skimage_data_path
 
 SIZE = 160  # the frame crop: large enough for a real face, small enough for a fast test
-_clone = jax.jit(seamless_clone)
-_window = jax.jit(dst1_window, static_argnums=3)
+_clone = fft_safe_jit(seamless_clone)
+_window = fft_safe_jit(dst1_window, static_argnums=3)
 
 
 def _photo(name: str, size: tuple[int, int]) -> np.ndarray:
@@ -107,7 +107,7 @@ def fields() -> tuple[np.ndarray, np.ndarray]:
 
 def test_solve_poisson_matches_spsolve(fields):
     rhs, boundary = fields
-    out = np.asarray(jax.jit(solve_poisson)(rhs, boundary))
+    out = np.asarray(fft_safe_jit(solve_poisson)(rhs, boundary))
     for i in range(2):
         assert np.abs(out[i] - _spsolve(rhs[i], boundary[i])).max() <= 1e-4
 
@@ -119,7 +119,7 @@ def test_solve_poisson_in_a_run_time_box_matches_spsolve(fields):
     big_boundary = np.random.default_rng(3).random((2, 50, 90)).astype(np.float32)
     for i, (t, l, b, r) in enumerate(boxes):
         big_rhs[i, t:b, l:r], big_boundary[i, t:b, l:r] = rhs[i], boundary[i]
-    out = np.asarray(jax.jit(solve_poisson)(big_rhs, big_boundary, boxes))
+    out = np.asarray(fft_safe_jit(solve_poisson)(big_rhs, big_boundary, boxes))
     for i, (t, l, b, r) in enumerate(boxes):
         assert np.abs(out[i, t:b, l:r] - _spsolve(rhs[i], boundary[i])).max() <= 1e-4
         off_box = np.ones((50, 90), bool)
@@ -156,7 +156,7 @@ def test_opencv_mask_domain_matches_opencv_erode_and_bounding_rect():
     noise = cv2.GaussianBlur(np.random.default_rng(4).random((SIZE, SIZE)), (0, 0), 6)[..., None]
     blob = (noise > np.median(noise)).astype(np.float32)
     masks = [case[2] for case in _cases()] + [blob, np.zeros_like(blob)]
-    domain = jax.jit(opencv_mask_domain)(np.stack(masks))
+    domain = fft_safe_jit(opencv_mask_domain)(np.stack(masks))
     for mask, guide, box in zip(masks, np.asarray(domain.guide), np.asarray(domain.box)):
         inner = _zero_border(np.where(mask[..., 0] > 0.5, 255, 0).astype(np.uint8))
         eroded = cv2.erode(inner, np.ones((3, 3), np.uint8), iterations=3, borderType=cv2.BORDER_CONSTANT,

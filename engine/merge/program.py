@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.merge import filters, geometry
+from engine.merge.compile_options import fft_safe_jit
 from engine.merge.face_merge import merge_faces
 from engine.merge.faces import FaceTable
 from engine.merge.model import MergeModel
@@ -90,8 +91,8 @@ class Merger:
                 batch["backgrounds"] = u8((n, size, size, 3))
             num = {name: f32((n,)) for name in _DEVICE_NUMERIC}
             keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), n))
-            fn = jax.jit(functools.partial(merge_faces, m.graphdef, static=static, resolution=r,
-                                           compute_dtype=m.dtype, xseg_graphdef=m.xseg_graphdef))
+            fn = fft_safe_jit(functools.partial(merge_faces, m.graphdef, static=static, resolution=r,
+                                                compute_dtype=m.dtype, xseg_graphdef=m.xseg_graphdef))
             self._programs[key] = fn.lower(m.params, batch, num, keys, m.xseg_params).compile()
         return self._programs[key]
 

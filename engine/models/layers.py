@@ -11,6 +11,11 @@ Every layer takes `dtype`, the compute dtype (bf16 on GPU); parameters always st
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
+from typing import Iterator
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -33,13 +38,93 @@ def conv_output_size(size: int, kernel_size: int, stride: int) -> int:
     return (size + 2 * same_padding(kernel_size) - kernel_size) // stride + 1
 
 
+# Output maps up to this many pixels are convolved as patches @ kernel on a CPU (see Conv).
+MATMUL_MAX_PIXELS = 64
+_PLAIN_CONVOLUTIONS = contextvars.ContextVar("plain_convolutions", default=False)
+
+
+@contextlib.contextmanager
+def plain_convolutions(enabled: bool = True) -> Iterator[None]:
+    """Convs traced inside keep the convolution (no matmul path). For FSDP meshes, where the
+    partitioner splits the matmul's contraction and all-reduces partial patch gradients, k*k times
+    the input's bytes, and for rematerialised components, which exist to save memory and whose
+    recomputed patches (k*k times the input) outweighed the saving on a CPU."""
+    token = _PLAIN_CONVOLUTIONS.set(enabled or _PLAIN_CONVOLUTIONS.get())
+    try:
+        yield
+    finally:
+        _PLAIN_CONVOLUTIONS.reset(token)
+
+
+def _patches(x: jax.Array, k: int, stride: int, pad: int) -> jax.Array:
+    """[b, ho, wo, k*k*c]: the k*k shifted, strided views of x zero-padded by `pad`, tap-major like
+    a [k, k, c, out] kernel's rows (a concatenation: XLA:CPU runs the 2-D matmul that follows far
+    faster than an einsum over separate tap and channel axes)."""
+    h, w = x.shape[1] + 2 * pad, x.shape[2] + 2 * pad
+    ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    return jnp.concatenate([xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+                            for i in range(k) for j in range(k)], axis=-1)
+
+
+def _patch_matmul(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+    patches = _patches(x, kernel.shape[0], stride, pad)
+    rows = patches.reshape(-1, patches.shape[-1])
+    return jnp.dot(rows, kernel.reshape(rows.shape[1], -1)).reshape(*patches.shape[:3], -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_as_matmul(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+    """The same convolution (zero pad `pad`, square kernel [k,k,in,out]) as one matmul of the
+    input's k*k shifted, strided views against the kernel.
+
+    Its gradient keeps the input, not the k*k-times-larger patches, for the backward pass and
+    rebuilds the patches there (a few slices)."""
+    return _patch_matmul(x, kernel, stride, pad)
+
+
+def _conv_fwd(x, kernel, stride, pad):
+    return _patch_matmul(x, kernel, stride, pad), (x, kernel)
+
+
+def _conv_bwd(stride, pad, residuals, dy):
+    x, kernel = residuals
+    patches, unpatch = jax.vjp(lambda v: _patches(v, kernel.shape[0], stride, pad), x)
+    rows, dy_rows = patches.reshape(-1, patches.shape[-1]), dy.reshape(-1, dy.shape[-1])
+    d_kernel = jnp.dot(rows.T, dy_rows).reshape(kernel.shape)
+    d_patches = jnp.dot(dy_rows, kernel.reshape(rows.shape[1], -1).T).reshape(patches.shape)
+    return unpatch(d_patches)[0], d_kernel
+
+
+conv_as_matmul.defvjp(_conv_fwd, _conv_bwd)
+
+
+class Conv(nnx.Conv):
+    """nnx.Conv that, on a CPU, computes small output maps (<= 8x8 pixels) with `conv_as_matmul`.
+
+    XLA:CPU emits naive loops for convolutions on tiny maps instead of calling its conv kernels:
+    the 3x3 conv on SAEHD's 2x2 inter map took 480 ms against 2.6 ms as a matmul, its gradient
+    740 ms against 17 ms (benchmarks/RESULTS.md, 2026-11-27). Other backends and larger maps use
+    the plain convolution. Same parameters, same result up to float rounding (tested).
+    """
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        (pad, _), _ = self.padding
+        k = self.kernel_size[0]
+        pixels = ((x.shape[1] + 2 * pad - k) // self.strides + 1) * ((x.shape[2] + 2 * pad - k) // self.strides + 1)
+        if jax.default_backend() != "cpu" or pixels > MATMUL_MAX_PIXELS or _PLAIN_CONVOLUTIONS.get():
+            return super().__call__(x)
+        y = conv_as_matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.strides, pad)
+        return y + self.bias[...].astype(self.dtype)
+
+
 def conv2d(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, *,
-           dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Conv:
+           dtype: jnp.dtype, rngs: nnx.Rngs) -> Conv:
     """A conv with DFL's padding and initialisation (NHWC, kernel [k,k,in,out])."""
     p = same_padding(kernel_size)
-    return nnx.Conv(in_ch, out_ch, (kernel_size, kernel_size), strides=stride,
-                    padding=((p, p), (p, p)), kernel_init=_GLOROT, bias_init=_ZEROS,
-                    dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    return Conv(in_ch, out_ch, (kernel_size, kernel_size), strides=stride,
+                padding=((p, p), (p, p)), kernel_init=_GLOROT, bias_init=_ZEROS,
+                dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
 def dense(in_features: int, out_features: int, *, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Linear:
