@@ -34,7 +34,7 @@ from importlib.util import find_spec
 from typing import Any, Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from flax import nnx
 
 from benchmarks.data_throughput import build
@@ -43,7 +43,7 @@ from benchmarks.train_throughput import (FACESET_SIZE, Case, cases_from_flags, f
                                          run_in_workdir, write_json)
 from configs.saehd import get_config
 from engine.models.saehd import SAEHD, param_counts
-from preprocessing.errors import UserError, cli_main
+from preprocessing.errors import UserError, check_command_line, cli_main
 
 FLAGS = flags.FLAGS
 _TORCH_PYTHON = flags.DEFINE_string("torch_python", None,
@@ -208,9 +208,7 @@ def run(root: str, python: str, version: str) -> list[dict[str, Any]]:
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)
+    check_command_line(argv)
     python = torch_python()
     version, why = torch_version(python)
     if version is None:

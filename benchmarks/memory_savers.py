@@ -48,7 +48,7 @@ from configs.saehd import get_config
 from engine import parallel
 from engine.train_step import make_train_step
 from engine.trainer import Trainer
-from preprocessing.errors import UserError, cli_main
+from preprocessing.errors import UserError, check_command_line, cli_main
 
 FLAGS = flags.FLAGS
 SECTIONS = ("gan", "fsdp", "remat", "offload", "allreduce")
@@ -189,8 +189,7 @@ def _restart_with_host_devices(n: int) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    check_command_line(argv, quiet=False)
     for section in _SECTIONS.value:
         variants(section, 4)  # an unknown name fails here, before anything is built
     if _HOST_DEVICES.value > 1 and jax.default_backend() == "cpu" and jax.device_count() == 1:

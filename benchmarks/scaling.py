@@ -53,7 +53,7 @@ from engine.models import SAEHD
 from engine.models.saehd import param_counts, validate_model_config
 from engine.profiling import StepProfiler
 from engine.trainer import Trainer
-from preprocessing.errors import UserError, cli_main
+from preprocessing.errors import UserError, check_command_line, cli_main
 
 FLAGS = flags.FLAGS
 _DEVICES = flags.DEFINE_integer("devices", 0, "CPU only: present this many host devices (0 = as they are)")
@@ -295,8 +295,7 @@ def _save(report: dict[str, Any], lines: list[str]) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    check_command_line(argv, quiet=False)
     if _DEVICES.value:
         jax.config.update("jax_num_cpu_devices", _DEVICES.value)  # before the backend starts
     run_in_workdir(run, "scaling_")

@@ -41,7 +41,7 @@ from configs.saehd import get_config
 from engine import parallel
 from engine.train_step import augmented_inputs, step_losses
 from engine.trainer import Trainer
-from preprocessing.errors import UserError, cli_main
+from preprocessing.errors import check_command_line, cli_main
 
 FLAGS = flags.FLAGS
 PARTS = ("data", "augment", "losses", "model", "full step")
@@ -151,8 +151,7 @@ def run(root: str) -> list[dict[str, Any]]:
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    check_command_line(argv, quiet=False)
     run_in_workdir(run, "train_breakdown_")
 
 

@@ -64,7 +64,7 @@ from configs.saehd import get_config
 from engine import parallel
 from engine.profiling import StepProfiler, parse_profile_steps
 from engine.trainer import PEAK_FLOPS, Trainer
-from preprocessing.errors import UserError, cli_main
+from preprocessing.errors import UserError, check_command_line, cli_main
 
 FLAGS = flags.FLAGS
 _ARCHIS = flags.DEFINE_list("archis", ["liae-ud", "df-ud"],
@@ -340,8 +340,7 @@ def run_in_workdir(run_fn: Callable[[str], list[dict[str, Any]]], prefix: str) -
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    check_command_line(argv, quiet=False)
     results = run_in_workdir(run, "train_throughput_")
     failed = [r for r in results if "error" in r]
     if failed:

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from absl import flags
 
-from preprocessing.errors import UserError, run_app
+from preprocessing.errors import check_command_line, run_app
 
 _PAIRS = flags.DEFINE_string("pairs", None, "JSON list of {fake, mask, identity_src, identity_dst[, real]}.")
 _OUTPUT = flags.DEFINE_string("output", None, "Data set folder to create (absent or empty).")
@@ -32,11 +32,7 @@ def main(argv: Sequence[str]) -> None:
     from engine.dataset.pairs import load_pairs
     from engine.dataset.splits import parse_fractions
 
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    for flag in (_PAIRS, _OUTPUT):
-        if not flag.value:
-            raise UserError(f"--{flag.name} is required")
+    check_command_line(argv, _PAIRS, _OUTPUT)
     crfs, fractions = parse_crfs(_CRF.value), parse_fractions(_SPLIT.value)
     manifest = export(load_pairs(_PAIRS.value), _OUTPUT.value, crfs=crfs, fractions=fractions, seed=_SEED.value,
                       threshold=_MASK_THRESHOLD.value)

@@ -24,7 +24,7 @@ from absl import flags
 from engine.evaluation.pipeline import EvalOptions, evaluate_videos, summary_line
 from engine.evaluation.report import to_json_safe, write_report
 from preprocessing.detect import BACKENDS
-from preprocessing.errors import UserError, run_app
+from preprocessing.errors import UserError, check_command_line, run_app
 
 _INPUT = flags.DEFINE_string("input", None, "The original (destination) video.")
 _OUTPUT = flags.DEFINE_string("output", None, "The swapped video, one frame per --input frame.")
@@ -42,8 +42,7 @@ _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    check_command_line(argv, quiet=False)
     for flag in (_INPUT, _OUTPUT, _SRC):
         if not flag.value:
             raise UserError(f"--{flag.name}: required "

@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from absl import flags, logging
+from absl import flags
 
-from preprocessing.errors import UserError, run_app
+from preprocessing.errors import UserError, check_command_line, run_app
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run folder to export (its newest checkpoint).")
 _FORMAT = flags.DEFINE_enum("format", None, ["dfl", "dfm"], "dfl: DFL model files; dfm: DeepFaceLive ONNX.")
@@ -51,13 +51,7 @@ def _export_dfm(workdir: str, output: str, xseg_workdir: str | None) -> list[str
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    for flag in (_WORKDIR, _FORMAT, _OUTPUT):
-        if not flag.value:
-            raise UserError(f"--{flag.name} is required")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    check_command_line(argv, _WORKDIR, _FORMAT, _OUTPUT)
     if _FORMAT.value == "dfl":
         if _XSEG.value:
             raise UserError("--xseg_workdir goes with --format=dfm")

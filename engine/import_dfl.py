@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from absl import flags, logging
+from absl import flags
 
-from preprocessing.errors import UserError, run_app
+from preprocessing.errors import check_command_line, run_app
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "DFL's model folder (workspace/model).")
 _NAME = flags.DEFINE_string("name", None, "The model's name: the NAME in NAME_SAEHD_data.dat.")
@@ -22,13 +22,7 @@ _MODEL = flags.DEFINE_enum("model", None, ["SAEHD", "Quick96"], "DFL's model cla
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    for flag in (_MODEL_DIR, _NAME, _WORKDIR):
-        if not flag.value:
-            raise UserError(f"--{flag.name} is required")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    check_command_line(argv, _MODEL_DIR, _NAME, _WORKDIR)
     from engine.dfl.model_io import import_model  # imports JAX: after flag parsing, so --help is fast
 
     got = import_model(_MODEL_DIR.value, _NAME.value, _WORKDIR.value, _MODEL.value)

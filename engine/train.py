@@ -21,11 +21,12 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from engine import distributed
-from preprocessing.errors import UserError, run_app
+from engine.compile_cache import use_default_compilation_cache
+from preprocessing.errors import check_command_line, run_app
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "saehd.py")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -47,17 +48,11 @@ _PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Where --profile_steps w
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not _WORKDIR.value:  # --src/--dst, or --pretrain_faceset: engine/pretrain.py checks them
-        raise UserError("--workdir is required")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    check_command_line(argv, _WORKDIR)  # --src/--dst, or --pretrain_faceset: engine/pretrain.py checks them
     cfg = _CONFIG.value
     if _MAX_STEPS.value is not None:
         cfg.train.max_steps = _MAX_STEPS.value
-    # A persistent XLA compilation cache, on by default: a resumed or repeated run skips compiling.
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/faceswap_jax/xla"))
+    use_default_compilation_cache()
     # These import JAX (touching no device yet): after flag parsing, so --help is fast.
     from engine.profiling import StepProfiler, parse_profile_steps
     from engine.trainer import Trainer, summarize

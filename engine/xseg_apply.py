@@ -7,14 +7,13 @@ See `engine.xseg.apply` for what is predicted and how it is stored.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Sequence
 
-from absl import flags, logging
+from absl import flags
 
-from engine.xseg.apply import MASK_ARRAY, apply_xseg
-from preprocessing.errors import UserError, run_app
+from engine.compile_cache import use_default_compilation_cache
+from preprocessing.errors import UserError, check_command_line, run_app
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "An engine.xseg_train run folder (its newest checkpoint is used).")
 _FACESET = flags.DEFINE_string("faceset", None, "The faceset to write xseg_masks into.")
@@ -22,13 +21,13 @@ _REMOVE = flags.DEFINE_boolean("remove", False, "Remove the faceset's xseg_masks
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Faces per jitted prediction.")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 
+
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not _FACESET.value:
-        raise UserError("--faceset is required")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    check_command_line(argv, _FACESET)
+    use_default_compilation_cache()
+    # Imports JAX: after the cache default (JAX reads it at import) and flag parsing (fast --help).
+    from engine.xseg.apply import MASK_ARRAY, apply_xseg
+
     if _REMOVE.value:
         from preprocessing.faceset.edit import remove_array
 
@@ -37,7 +36,6 @@ def main(argv: Sequence[str]) -> None:
         return
     if not _WORKDIR.value:
         raise UserError("--workdir is required")
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/faceswap_jax/xla"))
     start = time.perf_counter()
     count = apply_xseg(_WORKDIR.value, _FACESET.value, _BATCH.value, _PROGRESS.value)
     elapsed = time.perf_counter() - start

@@ -17,10 +17,11 @@ import os
 import time
 from typing import Sequence
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from preprocessing.errors import UserError, run_app
+from engine.compile_cache import use_default_compilation_cache
+from preprocessing.errors import UserError, check_command_line, run_app
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "xseg.py")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -33,18 +34,13 @@ _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    check_command_line(argv, _WORKDIR)
     if not _FACESETS.value:
         raise UserError("--faceset is required (repeat it for several facesets)")
-    if not _WORKDIR.value:
-        raise UserError("--workdir is required")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     cfg = _CONFIG.value
     if _MAX_STEPS.value is not None:
         cfg.train.max_steps = _MAX_STEPS.value
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/faceswap_jax/xla"))
+    use_default_compilation_cache()
     from engine.xseg.trainer import XsegTrainer  # imports JAX: after flag parsing, so --help is fast
 
     start = time.perf_counter()

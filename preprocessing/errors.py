@@ -7,9 +7,9 @@ stderr and exit code 2, so scripts can tell bad input from crashes.
 from __future__ import annotations
 
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from absl import app
+from absl import app, flags, logging
 
 
 class UserError(Exception):
@@ -23,6 +23,19 @@ def read_bytes(path: str) -> bytes:
             return f.read()
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def check_command_line(argv: Sequence[str], *required: flags.FlagHolder[Any], quiet: bool = True) -> None:
+    """The checks every command starts with: no stray positional arguments and its required flags
+    given (a UserError names the first missing one); with `quiet`, INFO logging (absl's, orbax's
+    line per save) is silenced unless --verbosity was given."""
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    for flag in required:
+        if not flag.value:
+            raise UserError(f"--{flag.name} is required")
+    if quiet and not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
 
 
 def cli_main(main: Callable[[Sequence[str]], None]) -> Callable[[Sequence[str]], None]:

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from absl import flags
 
-from preprocessing.errors import UserError, run_app
+from preprocessing.errors import UserError, check_command_line, run_app
 from preprocessing.extraction import ExtractOptions, extract
 from preprocessing.face_types import FaceType
 
@@ -44,8 +44,7 @@ _SHARD = flags.DEFINE_integer("shard_faces", 256, "Faces per TensorStore shard f
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    check_command_line(argv, quiet=False)
     if not _INPUT.value or not _OUTPUT.value:
         raise UserError("--input and --output are required")
     opts = ExtractOptions(

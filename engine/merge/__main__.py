@@ -15,10 +15,11 @@ import json
 import os
 from typing import Sequence
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from preprocessing.errors import UserError, run_app
+from engine.compile_cache import use_default_compilation_cache
+from preprocessing.errors import UserError, check_command_line, run_app
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                "configs", "merge.py")
@@ -43,18 +44,12 @@ _PREVIEW_FRAMES = 4
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    for flag in (_WORKDIR, _INPUT, _FACESET, _OUTPUT):
-        if not flag.value:
-            raise UserError(f"--{flag.name} is required")
+    check_command_line(argv, _WORKDIR, _INPUT, _FACESET, _OUTPUT)
     if bool(_C2PA_CERT.value) != bool(_C2PA_KEY.value):
         raise UserError("--c2pa_cert and --c2pa_key go together")
     if _C2PA_CERT.value and os.path.splitext(_OUTPUT.value)[1].lower() not in (".mp4", ".mov"):
         raise UserError(f"{_OUTPUT.value}: a C2PA manifest needs an .mp4 or .mov output")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/faceswap_jax/xla"))
+    use_default_compilation_cache()
     from engine.merge.run import MergeJob  # imports JAX: after flag parsing, so --help is fast
 
     cfg = _CONFIG.value
