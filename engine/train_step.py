@@ -252,6 +252,11 @@ def _global_norm(tree) -> jax.Array:
     return optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
 
 
+def _is_fsdp(mesh: jax.sharding.Mesh | None) -> bool:
+    """Whether parameters are split over an fsdp axis (then convolutions stay convolutions)."""
+    return mesh is not None and mesh.shape["fsdp"] > 1
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, opts: StepOptions,
                     critics: Mapping[str, Critic] = MappingProxyType({}), mesh: jax.sharding.Mesh | None = None
                     ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
@@ -288,7 +293,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, op
         gradients = grad_reduce.data_parallel_gradients(gradients, mesh, opts.grad_allreduce_dtype)
 
     def step_fn(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
-        with plain_convolutions(mesh is not None and mesh.shape["fsdp"] > 1):
+        with plain_convolutions(_is_fsdp(mesh)):
             return traced_step(state, batch)
 
     def traced_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
@@ -354,15 +359,20 @@ def init_state(params, tx: optax.GradientTransformation, critics: Mapping[str, C
     }
 
 
-def make_eval_step(graphdef: nnx.GraphDef, opts: StepOptions):
+def make_eval_step(graphdef: nnx.GraphDef, opts: StepOptions, mesh: jax.sharding.Mesh | None = None):
     """Validation loss and the predictions used for previews (no augmentation randomness beyond
-    the re-crop: warp, flips and colour jitter are off so the numbers are comparable over time)."""
+    the re-crop: warp, flips and colour jitter are off so the numbers are comparable over time);
+    `mesh` as for make_train_step."""
     plain = dataclasses.replace(opts, random_warp=False, src_flip=False, dst_flip=False, hsv_power=0.0,
                                 ct_mode="none", gan_power=0.0, true_face_power=0.0, face_style_power=0.0,
                                 bg_style_power=0.0, remat="none")
     loss = _loss_fn(graphdef, plain, {})
 
     def eval_fn(params, batch: Batch, step: jax.Array):
+        with plain_convolutions(_is_fsdp(mesh)):
+            return traced_eval(params, batch, step)
+
+    def traced_eval(params, batch: Batch, step: jax.Array):
         aug = augment_batch(plain.seed, step, batch["src"], batch["dst"], resolution=plain.resolution,
                             random_warp=False, src_flip=False, dst_flip=False, hsv_power=0.0, ct_mode="none",
                             scale_range=(0.0, 0.0), rotation_range=(0.0, 0.0), shift_range=(0.0, 0.0))

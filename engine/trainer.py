@@ -112,7 +112,7 @@ class Trainer:
         self._write_config()
         self.step_fn = self._compile()
         # Replicated outputs: process 0 can read the whole preview batch in a multi-host run.
-        self.eval_fn = jax.jit(make_eval_step(self.graphdef, self.opts),
+        self.eval_fn = jax.jit(make_eval_step(self.graphdef, self.opts, self.mesh),
                                out_shardings=parallel.replicated(self.mesh))
         # Records past the restored step (all of them on a fresh start) are from a run that died
         # before checkpointing them: they are logged again.

@@ -134,6 +134,28 @@ def test_train_step_wires_remat(tiny):
     assert "prevent_cse=" not in eval_jaxpr
 
 
+def test_fsdp_steps_keep_every_convolution(tiny):
+    """Under an fsdp axis the train and eval steps trace every conv as a convolution (the CPU
+    matmul path would make the partitioner all-reduce patch gradients); without one, on a CPU, the
+    small maps are matmuls. Only the mesh's shape matters, so an abstract 1x2 mesh stands in."""
+    cfg, graphdef, params, _, _ = tiny
+    tx = optax.adam(1e-3)
+    opts = StepOptions.from_config(cfg)
+    fsdp = jax.sharding.AbstractMesh((1, 2), ("data", "fsdp"))
+
+    def convs(mesh):
+        train = str(jax.make_jaxpr(make_train_step(graphdef, tx, opts, mesh=mesh))(init_state(params, tx),
+                                                                                   _uint8_batch(0)))
+        evaluate = str(jax.make_jaxpr(make_eval_step(graphdef, opts, mesh))(params, _uint8_batch(0), jnp.int32(0)))
+        return train.count("conv_general_dilated"), evaluate.count("conv_general_dilated")
+
+    (train_plain, eval_plain), (train_fsdp, eval_fsdp) = convs(None), convs(fsdp)
+    if jax.default_backend() == "cpu":
+        assert train_fsdp > train_plain > 0 and eval_fsdp > eval_plain > 0
+    else:  # no matmul path off the CPU
+        assert (train_fsdp, eval_fsdp) == (train_plain, eval_plain)
+
+
 def test_opt_on_host_switched_on_at_resume_continues_the_run_exactly(tmp_path):
     """The trainer's wiring: 2 plain steps, then a resume with the optimiser state in host memory
     (pinned_host arrays; the compiled step's parameters and outputs in host memory space S(5)),
