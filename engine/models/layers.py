@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 from typing import Iterator
 
 import jax
@@ -67,36 +66,12 @@ def _patches(x: jax.Array, k: int, stride: int, pad: int) -> jax.Array:
                             for i in range(k) for j in range(k)], axis=-1)
 
 
-def _patch_matmul(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+def conv_as_matmul(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+    """The same convolution (zero pad `pad`, square kernel [k,k,in,out]) as one matmul of the
+    input's k*k shifted, strided views against the kernel; its gradient is slices and matmuls too."""
     patches = _patches(x, kernel.shape[0], stride, pad)
     rows = patches.reshape(-1, patches.shape[-1])
     return jnp.dot(rows, kernel.reshape(rows.shape[1], -1)).reshape(*patches.shape[:3], -1)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_as_matmul(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
-    """The same convolution (zero pad `pad`, square kernel [k,k,in,out]) as one matmul of the
-    input's k*k shifted, strided views against the kernel.
-
-    Its gradient keeps the input, not the k*k-times-larger patches, for the backward pass and
-    rebuilds the patches there (a few slices)."""
-    return _patch_matmul(x, kernel, stride, pad)
-
-
-def _conv_fwd(x, kernel, stride, pad):
-    return _patch_matmul(x, kernel, stride, pad), (x, kernel)
-
-
-def _conv_bwd(stride, pad, residuals, dy):
-    x, kernel = residuals
-    patches, unpatch = jax.vjp(lambda v: _patches(v, kernel.shape[0], stride, pad), x)
-    rows, dy_rows = patches.reshape(-1, patches.shape[-1]), dy.reshape(-1, dy.shape[-1])
-    d_kernel = jnp.dot(rows.T, dy_rows).reshape(kernel.shape)
-    d_patches = jnp.dot(dy_rows, kernel.reshape(rows.shape[1], -1).T).reshape(patches.shape)
-    return unpatch(d_patches)[0], d_kernel
-
-
-conv_as_matmul.defvjp(_conv_fwd, _conv_bwd)
 
 
 class Conv(nnx.Conv):
