@@ -292,11 +292,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, op
             raise ValueError("a gradient all-reduce in another dtype than float32 needs the mesh")
         gradients = grad_reduce.data_parallel_gradients(gradients, mesh, opts.grad_allreduce_dtype)
 
+    @plain_convolutions(_is_fsdp(mesh))
     def step_fn(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
-        with plain_convolutions(_is_fsdp(mesh)):
-            return traced_step(state, batch)
-
-    def traced_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
         if opts.opt_on_host:
             state = {k: memory_savers.to_device(v) if k in memory_savers.OPT_STATE_KEYS else v
                      for k, v in state.items()}
@@ -368,11 +365,8 @@ def make_eval_step(graphdef: nnx.GraphDef, opts: StepOptions, mesh: jax.sharding
                                 bg_style_power=0.0, remat="none")
     loss = _loss_fn(graphdef, plain, {})
 
+    @plain_convolutions(_is_fsdp(mesh))
     def eval_fn(params, batch: Batch, step: jax.Array):
-        with plain_convolutions(_is_fsdp(mesh)):
-            return traced_eval(params, batch, step)
-
-    def traced_eval(params, batch: Batch, step: jax.Array):
         aug = augment_batch(plain.seed, step, batch["src"], batch["dst"], resolution=plain.resolution,
                             random_warp=False, src_flip=False, dst_flip=False, hsv_power=0.0, ct_mode="none",
                             scale_range=(0.0, 0.0), rotation_range=(0.0, 0.0), shift_range=(0.0, 0.0))

@@ -44,10 +44,11 @@ _PLAIN_CONVOLUTIONS = contextvars.ContextVar("plain_convolutions", default=False
 
 @contextlib.contextmanager
 def plain_convolutions(enabled: bool = True) -> Iterator[None]:
-    """Convs traced inside keep the convolution (no matmul path). For FSDP meshes, where the
-    partitioner splits the matmul's contraction and all-reduces partial patch gradients, k*k times
-    the input's bytes, and for rematerialised components, which exist to save memory and whose
-    recomputed patches (k*k times the input) outweighed the saving on a CPU."""
+    """Convs traced inside (a `with` block, or a function it decorates) keep the convolution (no
+    matmul path). For FSDP meshes, where the partitioner splits the matmul's contraction and
+    all-reduces partial patch gradients, k*k times the input's bytes, and for rematerialised
+    components, which exist to save memory and whose recomputed patches (k*k times the input)
+    outweighed the saving on a CPU."""
     token = _PLAIN_CONVOLUTIONS.set(enabled or _PLAIN_CONVOLUTIONS.get())
     try:
         yield
