@@ -161,7 +161,7 @@ def model_only_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
     """(state {params, opt_state}, inputs) -> (state, loss): the model, MSE and the optimiser alone."""
 
     def loss_fn(params, inputs: dict[str, jax.Array]) -> jax.Array:
-        preds = nnx.merge(graphdef, params)(inputs["warped_src"], inputs["warped_dst"])
+        preds = nnx.merge(graphdef, params)(inputs["warped_src"], inputs["warped_dst"], swap=False)
         return sum(jnp.mean(jnp.square(preds[p] - inputs[t])) for p, t in _MSE_PAIRS)
 
     def step(state: dict, inputs: dict[str, jax.Array]) -> tuple[dict, jax.Array]:

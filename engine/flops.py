@@ -7,10 +7,11 @@ conv at its own, pre-depth-to-space size), a Dense 2*in*out. Element-wise work (
 sigmoid, pixel-norm) is not counted; it is memory-bound and a few percent of XLA's count.
 
 One forward (`SAEHD.__call__`) at batch B runs, per sample: the encoder twice (src, dst), the
-inter(s) on both codes (LIAE: inter_AB on both, inter_B on dst only) and a decoder three times
-(src->src, dst->dst, swap src->dst). The training step counts 3 x the forward of the two
-reconstructions (forward + a backward of about twice its cost) plus one forward-only decoder pass
-for the swap output pred_src_dst, which is computed (previews, style losses) but not trained.
+inter(s) on both codes (LIAE: inter_AB on both, inter_B on dst only), a decoder twice (src->src,
+dst->dst) and, with swap=True, a third time (the swap src->dst). The training step decodes the swap
+only for the style losses (StepOptions.trains_swap) and counts 3 x its forward (forward + a
+backward of about twice its cost). Face style's second swap decoding (from a stop-gradient code)
+is not counted.
 """
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ from jax.extend import core as jax_core
 
 from engine.models.saehd import SAEHD, parse_archi
 
-# How many times per sample one forward runs each component, and which decoder decodes the swap.
+# How many times per sample one forward without the swap runs each component, and which decoder
+# decodes the swap.
 _USES = {
-    "df": {"encoder": 2, "inter": 2, "decoder_src": 2, "decoder_dst": 1},
-    "liae": {"encoder": 2, "inter_AB": 2, "inter_B": 1, "decoder": 3},
+    "df": {"encoder": 2, "inter": 2, "decoder_src": 1, "decoder_dst": 1},
+    "liae": {"encoder": 2, "inter_AB": 2, "inter_B": 1, "decoder": 2},
 }
 _SWAP_DECODER = {"df": "decoder_src", "liae": "decoder"}
 
@@ -109,17 +111,17 @@ def layer_flops(model_cfg) -> dict[str, list[LayerFlops]]:
     return per_component
 
 
-def step_flops(model_cfg, batch_size: int) -> dict[str, Any]:
-    """FLOPs (2*MACs) at `batch_size` src + `batch_size` dst faces.
+def step_flops(model_cfg, batch_size: int, swap: bool = False) -> dict[str, Any]:
+    """FLOPs (2*MACs) at `batch_size` src + `batch_size` dst faces; `swap`: whether the step
+    decodes the swap (StepOptions.trains_swap).
 
-    Returns {'forward': one SAEHD.__call__, 'train_step': 3 x the reconstructions' forward + the swap
-    decoder pass, 'components': forward FLOPs per component, 'per_sample': per component, one
-    application to one face}.
+    Returns {'forward': one SAEHD.__call__(swap=swap), 'train_step': 3 x forward, 'components':
+    forward FLOPs per component, 'per_sample': per component, one application to one face}.
     """
     kind = parse_archi(model_cfg.archi).kind
     per_sample = {name: sum(op.flops for op in ops) for name, ops in layer_flops(model_cfg).items()}
-    components = {name: batch_size * uses * per_sample[name] for name, uses in _USES[kind].items()}
+    uses = dict(_USES[kind])
+    uses[_SWAP_DECODER[kind]] += 1 if swap else 0
+    components = {name: batch_size * n * per_sample[name] for name, n in uses.items()}
     forward = sum(components.values())
-    swap_pass = batch_size * per_sample[_SWAP_DECODER[kind]]
-    return {"forward": forward, "train_step": 3 * (forward - swap_pass) + swap_pass,
-            "components": components, "per_sample": per_sample}
+    return {"forward": forward, "train_step": 3 * forward, "components": components, "per_sample": per_sample}

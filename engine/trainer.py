@@ -118,7 +118,7 @@ class Trainer:
         # before checkpointing them: they are logged again.
         self.metrics = MetricsWriter(workdir, is_main_process=jax.process_index() == 0,
                                      resume_step=int(self.state["step"]))
-        flops = step_flops(cfg.model, cfg.train.batch_size)
+        flops = step_flops(cfg.model, cfg.train.batch_size, swap=self.opts.trains_swap)
         self.flops_per_step = float(flops["train_step"])
         self._stop_signal: str | None = None
         self._rolled_back_to: int | None = None

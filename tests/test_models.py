@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from configs import quick96, saehd
-from engine.flops import module_flops, step_flops
+from engine.flops import module_flops, step_flops, traced_flops
 from engine.models import SAEHD, Archi, param_counts, parse_archi, validate_model_config
 from engine.models.layers import (MATMUL_MAX_PIXELS, Downscale, ResidualBlock, Upscale, conv2d, dense,
                                   depth_to_space, flatten_channel_major, pixel_norm, plain_convolutions,
@@ -308,7 +308,8 @@ def tiny_runs():
         graphdef, _ = nnx.split(model)
         forward = jax.jit(lambda s, a, b: nnx.merge(graphdef, s)(a, b))
         swap = jax.jit(lambda s, b: nnx.merge(graphdef, s).swap(b))
-        return dict(model=model, out=forward(state, src, dst),
+        no_swap = jax.jit(lambda s, a, b: nnx.merge(graphdef, s)(a, b, swap=False))
+        return dict(model=model, out=forward(state, src, dst), out_no_swap=no_swap(state, src, dst),
                     out_other_src=forward(state, other_src, dst), swap=swap(state, dst))
 
     runs = {}
@@ -371,6 +372,10 @@ def test_swap_path_and_wiring(kind, tiny_runs):
     for name in ("pred_dst_dst", "pred_dst_dstm", "pred_src_dst", "pred_src_dstm"):
         np.testing.assert_allclose(other[name], out[name], atol=1e-6)
     assert float(jnp.abs(other["pred_src_src"] - out["pred_src_src"]).max()) > 1e-4
+    # swap=False (the training step without style losses) leaves the swap out, nothing else.
+    assert sorted(run["out_no_swap"]) == ["pred_dst_dst", "pred_dst_dstm", "pred_src_src", "pred_src_srcm"]
+    for name, value in run["out_no_swap"].items():
+        np.testing.assert_allclose(value, out[name], atol=1e-6)
 
 
 # ---- FLOPs ----------------------------------------------------------------------------------------
@@ -386,14 +391,17 @@ def test_conv_and_dense_flops_formula():
 
 
 @pytest.mark.parametrize("archi", ["liae-ud", "df-udt", "liae-t", "df"])
-def test_step_flops_add_up_to_the_traced_forward(archi):
+@pytest.mark.parametrize("swap", [False, True])
+def test_step_flops_add_up_to_the_traced_forward(archi, swap):
     cfg, batch = tiny_model_cfg(archi, 64), 3
-    flops = step_flops(cfg, batch)
+    flops = step_flops(cfg, batch, swap=swap)
     face = jax.ShapeDtypeStruct((batch, 64, 64, 3), jnp.float32)
-    traced, _ = module_flops(abstract_model(cfg), face, face)
+    graphdef, state = nnx.split(abstract_model(cfg))
+    traced, _ = traced_flops(lambda s, a, b: nnx.merge(graphdef, s)(a, b, swap=swap), state, face, face)
     assert flops["forward"] == sum(op.flops for op in traced) == sum(flops["components"].values())
+    assert flops["train_step"] == 3 * flops["forward"]
     decoder = flops["per_sample"]["decoder" if archi.startswith("liae") else "decoder_src"]
-    assert flops["train_step"] == 3 * flops["forward"] - 2 * batch * decoder
+    assert step_flops(cfg, batch, swap=True)["forward"] - step_flops(cfg, batch)["forward"] == batch * decoder
 
 
 def test_forward_flops_match_xla_cost_analysis():
@@ -405,5 +413,5 @@ def test_forward_flops_match_xla_cost_analysis():
     compiled = jax.jit(lambda s, a, b: nnx.merge(graphdef, s)(a, b)).lower(state, face, face).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    ratio = step_flops(cfg, batch)["forward"] / cost["flops"]
+    ratio = step_flops(cfg, batch, swap=True)["forward"] / cost["flops"]
     assert 1.0 <= ratio <= 1.15, ratio

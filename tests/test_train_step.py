@@ -1,7 +1,7 @@
 """The pure training step on a synthetic batch: gradient accumulation, the non-finite guard,
 Quick96's recipe (DFL_SPEC §3.8: a no-warp step on the previous batch every 3rd iteration, zoom
-±0.05) in the step and in the trainer, the plain step when the GAN/true-face/style powers are 0,
-and the GAN switched on mid-run in the trainer (DFL_SPEC §3.4)."""
+±0.05) in the step and in the trainer, the plain step when the GAN/true-face/style powers are 0, the
+swap decoded only for the style losses, and the GAN switched on mid-run in the trainer (DFL_SPEC §3.4)."""
 from __future__ import annotations
 
 import dataclasses
@@ -236,7 +236,7 @@ def test_powers_off_is_the_plain_step_bit_for_bit(setup):
         aug = augmented_inputs(opts, jnp.int32(0), batch)
 
         def loss(p):
-            return step_losses(opts, aug, nnx.merge(graphdef, p)(aug["warped_src"], aug["warped_dst"]))
+            return step_losses(opts, aug, nnx.merge(graphdef, p)(aug["warped_src"], aug["warped_dst"], swap=False))
 
         (total, terms), grads = jax.value_and_grad(loss, has_aux=True)(params)
         updates, _ = tx.update(grads, opt_state, params)
@@ -249,6 +249,32 @@ def test_powers_off_is_the_plain_step_bit_for_bit(setup):
         assert float(metrics[name]) == float(value), name
     for a, b in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(new_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_style_losses_decode_the_swap_in_the_step(setup):
+    """The step decodes the swap only for the style losses (StepOptions.trains_swap). With
+    bg_style_power 10 its loss and bg-style term equal step_losses on the full forward (swap
+    included) recomputed here (rtol 1e-6); face style adds its own positive term."""
+    cfg, graphdef, params, batch = setup
+    tx = optim.make_optimizer(cfg.train, cfg.seed)
+    plain = StepOptions.from_config(cfg)
+    assert not plain.trains_swap
+    bg = dataclasses.replace(plain, bg_style_power=10.0)
+    assert bg.trains_swap
+    _, metrics = jax.jit(make_train_step(graphdef, tx, bg))(init_state(params, tx), batch)
+
+    @jax.jit
+    def reference(params, batch):
+        aug = augmented_inputs(bg, jnp.int32(0), batch)
+        return step_losses(bg, aug, nnx.merge(graphdef, params)(aug["warped_src"], aug["warped_dst"]))
+
+    total, terms = reference(params, batch)
+    assert float(terms["src_bg_style"]) > 0
+    np.testing.assert_allclose(float(metrics["src_bg_style"]), float(terms["src_bg_style"]), rtol=1e-6)
+    np.testing.assert_allclose(float(metrics["loss"]), float(total), rtol=1e-6)
+    face = dataclasses.replace(plain, face_style_power=10.0)
+    _, metrics = jax.jit(make_train_step(graphdef, tx, face))(init_state(params, tx), batch)
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["src_face_style"]) > 0
 
 
 def _bce64(logits, label: float) -> np.ndarray:

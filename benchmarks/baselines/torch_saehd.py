@@ -162,7 +162,7 @@ def _conv_out(size: int, k: int = 5, stride: int = 2) -> int:
 
 
 class SAEHD(nn.Module):
-    """The two-identity autoencoder; forward(warped_src, warped_dst) -> the six outputs."""
+    """The two-identity autoencoder; forward(warped_src, warped_dst[, swap]) -> the reconstructions."""
 
     def __init__(self, archi: str, resolution: int, ae_dims: int, e_dims: int, d_dims: int, d_mask_dims: int):
         super().__init__()
@@ -190,26 +190,28 @@ class SAEHD(nn.Module):
             ("encoder", "inter_AB", "inter_B", "decoder")
         return {name: getattr(self, name) for name in names}
 
-    def forward(self, src, dst):
-        """All six outputs, the swap included, as engine.models.saehd computes them in its step."""
+    def forward(self, src, dst, swap: bool = False):
+        """The reconstructions (and, with swap, the swap src->dst), as engine.models.saehd computes
+        them; its training step decodes the swap only for the style losses, which this baseline
+        does not have."""
         n = src.shape[0]
         feats = self.encoder(torch.cat([src, dst], 0))
         if self.kind == "df":
             z = self.inter(feats)
-            rgb, mask = self.decoder_src(torch.cat([z[:n], z[n:]], 0))
-            src_src, src_dst, src_srcm, src_dstm = rgb[:n], rgb[n:], mask[:n], mask[n:]
+            rgb, mask = self.decoder_src(z if swap else z[:n])
             dst_dst, dst_dstm = self.decoder_dst(z[n:])
         else:
             ab = self.inter_AB(feats)
             ab_src, ab_dst = ab[:n], ab[n:]
             b_dst = self.inter_B(feats[n:])
-            codes = torch.cat([torch.cat([ab_src, ab_src], 1), torch.cat([b_dst, ab_dst], 1),
-                               torch.cat([ab_dst, ab_dst], 1)], 0)
-            rgb, mask = self.decoder(codes)
-            src_src, dst_dst, src_dst = rgb[:n], rgb[n:2 * n], rgb[2 * n:]
-            src_srcm, dst_dstm, src_dstm = mask[:n], mask[n:2 * n], mask[2 * n:]
-        return {"pred_src_src": src_src, "pred_src_srcm": src_srcm, "pred_dst_dst": dst_dst,
-                "pred_dst_dstm": dst_dstm, "pred_src_dst": src_dst, "pred_src_dstm": src_dstm}
+            codes = [torch.cat([ab_src, ab_src], 1), torch.cat([b_dst, ab_dst], 1)]
+            rgb, mask = self.decoder(torch.cat(codes + ([torch.cat([ab_dst, ab_dst], 1)] if swap else []), 0))
+            dst_dst, dst_dstm = rgb[n:2 * n], mask[n:2 * n]
+        preds = {"pred_src_src": rgb[:n], "pred_src_srcm": mask[:n], "pred_dst_dst": dst_dst,
+                 "pred_dst_dstm": dst_dstm}
+        if swap:
+            preds.update(pred_src_dst=rgb[-n:], pred_src_dstm=mask[-n:])
+        return preds
 
 
 def param_counts(model: SAEHD) -> dict[str, int]:

@@ -220,21 +220,27 @@ class SAEHD(nnx.Module):
         return (_concat_channels(ab_src, ab_src), _concat_channels(b_dst, ab_dst),
                 _concat_channels(ab_dst, ab_dst))
 
-    def __call__(self, warped_src: jax.Array, warped_dst: jax.Array) -> dict[str, jax.Array]:
-        """Both batches [B,res,res,3] -> the six predictions, float32 in [0,1]."""
+    def __call__(self, warped_src: jax.Array, warped_dst: jax.Array, swap: bool = True) -> dict[str, jax.Array]:
+        """Both batches [B,res,res,3] -> the predictions, float32 in [0,1].
+
+        With swap=False the swap (pred_src_dst, pred_src_dstm) is left out: the training step needs
+        it only for the style losses, and decoding it inside the same batched decoder call would
+        cost its forward and a backward of zeros that XLA cannot prune (DFL's TF graph skips it too).
+        """
         n = warped_src.shape[0]
         code_src, code_dst, code_swap = self.inter_codes(warped_src, warped_dst)
         if self.archi.kind == "df":
-            rgb, mask = self.decoder_src(jnp.concatenate([code_src, code_swap], axis=0))
-            src_src, src_dst, src_srcm, src_dstm = rgb[:n], rgb[n:], mask[:n], mask[n:]
+            rgb, mask = self.decoder_src(jnp.concatenate([code_src, code_swap], axis=0) if swap else code_src)
             dst_dst, dst_dstm = self.decoder_dst(code_dst)
         else:
-            rgb, mask = self.decoder(jnp.concatenate([code_src, code_dst, code_swap], axis=0))
-            src_src, dst_dst, src_dst = rgb[:n], rgb[n:2 * n], rgb[2 * n:]
-            src_srcm, dst_dstm, src_dstm = mask[:n], mask[n:2 * n], mask[2 * n:]
-        return {"pred_src_src": src_src, "pred_src_srcm": src_srcm,
-                "pred_dst_dst": dst_dst, "pred_dst_dstm": dst_dstm,
-                "pred_src_dst": src_dst, "pred_src_dstm": src_dstm}
+            codes = [code_src, code_dst] + ([code_swap] if swap else [])
+            rgb, mask = self.decoder(jnp.concatenate(codes, axis=0))
+            dst_dst, dst_dstm = rgb[n:2 * n], mask[n:2 * n]
+        preds = {"pred_src_src": rgb[:n], "pred_src_srcm": mask[:n],
+                 "pred_dst_dst": dst_dst, "pred_dst_dstm": dst_dstm}
+        if swap:
+            preds.update(pred_src_dst=rgb[-n:], pred_src_dstm=mask[-n:])
+        return preds
 
     def swap(self, dst: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """dst faces -> (pred_src_dst, pred_src_dstm, pred_dst_dstm): the merge program's forward.
