@@ -3,7 +3,7 @@
 For each case (train_throughput's --cases / --archis --resolutions --batches) it
 1. checks that benchmarks/baselines/torch_saehd.py builds the network with exactly the parameter
    counts of engine.models.saehd (per component and in total; a mismatch fails the case);
-2. times ours with benchmarks.train_throughput.measure: the full step (Trainer.step_fn fed by
+2. times ours with benchmarks.train_throughput.measure: the full step (Trainer.train_step fed by
    TrainData: augmentation on the device, DSSIM + MSE + mask losses, AdaBelief) and the model-only
    step (network + MSE + optimiser on random device inputs);
 3. times the PyTorch baseline's full step (DataLoader workers augmenting with OpenCV on the CPU,

@@ -63,8 +63,8 @@ def main(argv: Sequence[str]) -> None:
             rows.append(time_extract(samples.carphone_path(), tmp, "carphone_176x144", track))
             rows.append(time_extract(clip, tmp, "carphone_1920x1080", track))
     print(f"machine: {platform.node()} | {os.cpu_count()} cores | {platform.processor() or platform.machine()}")
-    print(f"| clip | frames | faces | seconds | frames/s | faces/s |")
-    print(f"|---|---|---|---|---|---|")
+    print("| clip | frames | faces | seconds | frames/s | faces/s |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['clip']} | {r['frames']} | {r['faces']} | {r['seconds']:.2f} | "
               f"{r['frames_per_s']:.1f} | {r['faces_per_s']:.1f} |")

@@ -119,8 +119,7 @@ class _Run:
                      "mesh": "x".join(f"{k}={v}" for k, v in self.trainer.mesh.shape.items())}
 
     def step(self) -> Any:
-        self.trainer.state, metrics = self.trainer.step_fn(self.trainer.state, self.batch)
-        return metrics
+        return self.trainer.train_step(self.batch)
 
 
 def row(r: dict[str, Any]) -> str:

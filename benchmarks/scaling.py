@@ -135,7 +135,7 @@ def measure(archi: str, resolution: int, batch: int, mesh: tuple[int, int], face
     trainer = Trainer(cfg, faceset, faceset, workdir, progress=False, devices=jax.devices()[:n])
     try:
         def end_to_end():
-            trainer.state, metrics = trainer.step_fn(trainer.state, trainer.data.next_batch())
+            metrics = trainer.train_step(trainer.data.next_batch())
             return trainer.state, metrics
 
         times = step_times({"step": end_to_end}, FLAGS.steps, FLAGS.warmup)["step"]

@@ -10,10 +10,10 @@ faceset and times, each compiled on its own:
 * losses: `engine.train_step.step_losses` (DSSIM + MSE + mask terms, soft masks) and its gradient
   with respect to the predictions, on predictions in the compute dtype;
 * model: train_throughput's model-only step (network + MSE + optimiser on device inputs);
-* full step: `Trainer.step_fn` on a batch already on the device (augment + model + losses + update).
+* full step: `Trainer.train_step` on a batch already on the device (augment + model + losses + update).
 
 Share = part / full step. "rest" = full - augment - losses - model: what the parts do not explain
-(fusion across their boundaries, the NaN guard, the norms the step reports). Data is not part of
+(fusion across their boundaries, the NaN guard, the gradient norm it needs). Data is not part of
 the full step, but train_throughput's end-to-end time adds it: that benchmark waits for every step,
 so next_batch's host work runs between steps there, while in training it overlaps the running step
 (its device gather, if resident, does not).
@@ -96,8 +96,7 @@ def measure(case: Case, faceset: str, workdir: str) -> dict[str, Any]:
             return loss
 
         def full_step():
-            trainer.state, metrics = trainer.step_fn(trainer.state, batch)
-            return metrics
+            return trainer.train_step(batch)
 
         parts = {"data": trainer.data.next_batch, "augment": lambda: augment(step, batch),
                  "losses": lambda: loss_grad(aug, preds), "model": model, "full step": full_step}

@@ -4,9 +4,11 @@ For each case (config, resolution, global batch) it builds a Trainer on a synthe
 whole_face faceset (jittered astronaut crops, benchmarks.data_throughput.build; src and dst read the
 same faceset) and times two compiled steps on the same network, optimiser, compute dtype and mesh:
 
-* end to end: `Trainer.step_fn` (the step `python -m engine.train` runs) fed by
+* end to end: `Trainer.train_step` (the step `python -m engine.train` runs) fed by
   `TrainData.next_batch()`: uint8 faces -> re-crop, warp and colour augmentation on the device ->
-  model -> DSSIM + MSE + mask losses -> optimiser update;
+  model -> DSSIM + MSE + mask losses -> optimiser update; a step whose metrics are not logged,
+  like most of a run's (a logged step, 1 in log.every_steps, also computes the update and
+  parameter norms);
 * model-only: the network + MSE (RGB and mask outputs of src->src and dst->dst) + the same
   optimiser on float inputs already on the device (uniform random: the step's speed does not
   depend on the pixel values): no data pipeline, no augmentation, no DSSIM. This is the
@@ -101,7 +103,7 @@ DEFINITIONS = {
                "end-to-end and model-only steps alternate",
     "flops_per_step": "engine.flops.step_flops(model, batch)['train_step'] (analytic, 2 x MACs)",
     "mfu": f"achieved FLOP/s / ({PEAK_FLOPS / 1e12:.0f} TFLOP/s x devices)",
-    "end_to_end": "Trainer.step_fn fed by TrainData.next_batch: augmentation, model, DSSIM+MSE+mask "
+    "end_to_end": "Trainer.train_step (not logged) fed by TrainData.next_batch: augmentation, model, DSSIM+MSE+mask "
                   "losses, optimiser",
     "model_only": "network + MSE (RGB and masks) + the same optimiser on uniform random float inputs "
                   "already on the device",
@@ -214,7 +216,7 @@ def measure(case: Case, faceset: str, workdir: str, profiler: StepProfiler | Non
         model_compile_s = time.perf_counter() - start
 
         def end_to_end():
-            trainer.state, metrics = trainer.step_fn(trainer.state, trainer.data.next_batch())
+            metrics = trainer.train_step(trainer.data.next_batch())
             return trainer.state, metrics
 
         def model_only():

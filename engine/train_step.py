@@ -3,7 +3,8 @@
 The whole step runs on the accelerator (DFL's CPU sample generators are its best-known
 bottleneck): uint8 faces go in, the step re-crops, warps and recolours them on the device, runs the
 autoencoder, computes DFL's losses, and applies the optimiser. It is a pure function of
-(state, batch) so it compiles once and can be donated and sharded:
+(state, batch, report) so it compiles once and can be donated and sharded; `report` (a traced bool)
+says whether the step's metrics will be read, and only then are update_norm and param_norm computed:
 
   state = {"params", "opt_state", "step", "counters": {"nonfinite", "skipped"},
            ["disc_params", "disc_opt_state"], ["code_disc_params", "code_disc_opt_state"]}
@@ -25,6 +26,7 @@ A non-finite loss or gradient (generator or critic) skips the whole update insid
 from __future__ import annotations
 
 import dataclasses
+import functools
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -257,18 +259,27 @@ def _global_norm(tree) -> jax.Array:
     return optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
 
 
-def _guarded_update(tx: optax.GradientTransformation, finite: jax.Array, params, opt_state, grads):
-    """(new params, new optimiser state, update norm), or the old ones (and a NaN norm) when the
-    step is not finite. A lax.cond rather than a select of old and new: the select re-read and
-    re-wrote every parameter and moment once more, about an eighth of a CPU step (df-ud 64/4)."""
-    def update(params, opt_state, grads):
-        updates, new_opt = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), new_opt, _global_norm(updates)
+def _guarded_update(tx: optax.GradientTransformation, finite: jax.Array, report: jax.Array | bool,
+                    params, opt_state, grads):
+    """(new params, new optimiser state, {update_norm, param_norm}); the old ones when the step is
+    not finite. A lax.switch rather than a select of old and new: the select re-read and re-wrote
+    every parameter and moment once more (8% of a CPU step, df-ud 64/4). The two norms are
+    computed only when `report` (the metrics of the step are read): they are two more passes over
+    the parameters, 11% of that step. Otherwise, and on a skipped step, they are NaN."""
+    not_computed = {"update_norm": jnp.float32(jnp.nan), "param_norm": jnp.float32(jnp.nan)}
 
     def keep(params, opt_state, grads):
-        return params, opt_state, jnp.float32(jnp.nan)
+        return params, opt_state, not_computed
 
-    return jax.lax.cond(finite, update, keep, params, opt_state, grads)
+    def update(params, opt_state, grads, norms: bool):
+        updates, new_opt = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        return new_params, new_opt, ({"update_norm": _global_norm(updates), "param_norm": _global_norm(new_params)}
+                                     if norms else not_computed)
+
+    branch = jnp.where(finite, 1 + jnp.asarray(report, jnp.int32), 0)
+    return jax.lax.switch(branch, [keep, functools.partial(update, norms=False), functools.partial(update, norms=True)],
+                          params, opt_state, grads)
 
 
 def _is_fsdp(mesh: jax.sharding.Mesh | None) -> bool:
@@ -312,7 +323,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, op
         gradients = grad_reduce.data_parallel_gradients(gradients, mesh, opts.grad_allreduce_dtype)
 
     @plain_convolutions(_is_fsdp(mesh))
-    def step_fn(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
+    def step_fn(state: State, batch: Batch, report: jax.Array | bool = True) -> tuple[State, dict[str, jax.Array]]:
+        """One step; `report`: whether its update_norm and param_norm are computed (else NaN)."""
         if opts.opt_on_host:
             state = {k: memory_savers.to_device(v) if k in memory_savers.OPT_STATE_KEYS else v
                      for k, v in state.items()}
@@ -324,7 +336,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, op
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         for critic_loss, critic_grads in critic_out.values():
             finite = finite & jnp.isfinite(critic_loss) & jnp.isfinite(_global_norm(critic_grads))
-        new_params, new_opt, update_norm = _guarded_update(tx, finite, params, state["opt_state"], grads)
+        new_params, new_opt, norms = _guarded_update(tx, finite, report, params, state["opt_state"], grads)
         new_state = {
             "params": new_params,
             "opt_state": new_opt,
@@ -337,14 +349,13 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, op
         metrics = {
             "loss": loss, **terms,
             "grad_norm": grad_norm,
-            "update_norm": update_norm,
-            "param_norm": _global_norm(new_params),
+            **norms,
             "nonfinite": new_state["counters"]["nonfinite"],
         }
         for name, critic in critics.items():
             critic_loss, critic_grads = critic_out[name]
             new_state[f"{name}_params"], new_state[f"{name}_opt_state"], _ = _guarded_update(
-                critic.tx, finite, critic_params[name], state[f"{name}_opt_state"], critic_grads)
+                critic.tx, finite, False, critic_params[name], state[f"{name}_opt_state"], critic_grads)
             metrics[f"{name}_loss"] = critic_loss
         return new_state, metrics
 

@@ -196,12 +196,12 @@ class Trainer:
     def _compile(self):
         """AOT-compiles the step and refuses, with advice, a step that will not fit the device."""
         step = make_train_step(self.graphdef, self.tx, self.opts, self.critics, self.mesh)
-        jitted = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
-                         out_shardings=(self.state_sharding, parallel.replicated(self.mesh)),
-                         donate_argnums=0)
+        replicated = parallel.replicated(self.mesh)
+        jitted = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding, replicated),
+                         out_shardings=(self.state_sharding, replicated), donate_argnums=0)
         batch_shape = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                                    self._validation_batch())
-        compiled = jitted.lower(self.state, batch_shape).compile()
+        compiled = jitted.lower(self.state, batch_shape, jax.ShapeDtypeStruct((), jnp.bool_)).compile()
         check_memory(compiled, self.cfg)
         return compiled
 
@@ -241,13 +241,14 @@ class Trainer:
                 if self.profiler:
                     self.profiler.before_step(step, self.state)
                 batch = self._batch_for(step, batch)
-                self.state, metrics = self.step_fn(self.state, batch)
+                logs = (step + 1) % self.cfg.log.every_steps == 0 or step + 1 == t.max_steps
+                metrics = self.train_step(batch, report=logs)
                 step += 1
                 if self.profiler:
                     self.profiler.after_step(step, (self.state, metrics))
                 window_steps += 1
                 bar.update(1)
-                if step % self.cfg.log.every_steps == 0 or step == t.max_steps:
+                if logs:
                     last = {k: float(v) for k, v in jax.device_get(metrics).items()}  # waits for the step
                     step_time = (time.perf_counter() - window_start) / window_steps
                     self._log(step, last, step_time)
@@ -272,6 +273,12 @@ class Trainer:
         self.ckpt.wait()
         self.preview(int(self.state["step"]))
         return last
+
+    def train_step(self, batch: dict, report: bool = False) -> dict[str, jax.Array]:
+        """One step on `batch`, keeping the new state; with `report` the metrics' update_norm and
+        param_norm are computed too (the run loop asks on the steps it logs; else they are NaN)."""
+        self.state, metrics = self.step_fn(self.state, batch, report)
+        return metrics
 
     def _batch_for(self, step: int, previous: dict | None) -> dict:
         """The next batch, or the previous one again on Quick96's no-warp steps. Without one in

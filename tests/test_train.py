@@ -146,8 +146,8 @@ def train_in_process(cfg, faceset: str, workdir: str,
         if on_step is not None:
             compiled = trainer.step_fn
 
-            def step(state, batch):
-                new_state, metrics = compiled(state, batch)
+            def step(state, batch, report):
+                new_state, metrics = compiled(state, batch, report)
                 on_step(trainer, new_state)
                 return new_state, metrics
 

@@ -94,6 +94,29 @@ def test_non_finite_step_is_skipped(setup):
     assert int(good["counters"]["nonfinite"]) == 0 and int(good["counters"]["skipped"]) == 1
 
 
+def test_unreported_step_updates_the_same_and_skips_the_norms(setup):
+    """report=False (a step whose metrics are not logged) gives bit for bit the same state and loss
+    as report=True, with update_norm and param_norm NaN; the reported norms match float64 norms of
+    the parameters and of their change (rtol 1e-5; the change's 1e-3 allows for float32 rounding of
+    p + u when |u| << |p|)."""
+    cfg, graphdef, params, batch = setup
+    tx = optim.make_optimizer(cfg.train, cfg.seed)
+    step = jax.jit(make_train_step(graphdef, tx, StepOptions.from_config(cfg)))
+    state = init_state(params, tx)
+    reported, with_norms = step(state, batch, True)
+    quiet, without = step(state, batch, False)
+    assert float(with_norms["loss"]) == float(without["loss"])
+    for a, b in zip(jax.tree.leaves(reported), jax.tree.leaves(quiet)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert np.isnan(float(without["update_norm"])) and np.isnan(float(without["param_norm"]))
+    new = [np.asarray(x, np.float64) for x in jax.tree.leaves(reported["params"])]
+    old = [np.asarray(x, np.float64) for x in jax.tree.leaves(params)]
+    np.testing.assert_allclose(float(with_norms["param_norm"]), np.sqrt(sum((x ** 2).sum() for x in new)), rtol=1e-5)
+    change = np.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(new, old)))
+    assert change > 0
+    np.testing.assert_allclose(float(with_norms["update_norm"]), change, rtol=1e-3)
+
+
 # ---------------------------------------------------------------------------------------------
 # Quick96
 # ---------------------------------------------------------------------------------------------
