@@ -15,7 +15,7 @@ from flax import nnx
 from configs import quick96, saehd
 from engine.flops import module_flops, step_flops, traced_flops
 from engine.models import SAEHD, Archi, param_counts, parse_archi, validate_model_config
-from engine.models.layers import (MATMUL_MAX_PIXELS, Downscale, ResidualBlock, Upscale, conv2d, dense,
+from engine.models.layers import (MATMUL_MAX_PIXELS, ConvTranspose, Downscale, ResidualBlock, Upscale, conv2d, dense,
                                   depth_to_space, flatten_channel_major, pixel_norm, plain_convolutions,
                                   unflatten_channel_major)
 
@@ -240,6 +240,37 @@ def test_small_maps_are_convolved_as_a_matmul_with_the_same_values_and_gradients
     np.testing.assert_allclose(np.asarray(gx_ours), np.asarray(gx_plain), atol=1e-4)
     np.testing.assert_allclose(np.asarray(gl_ours.kernel[...]), np.asarray(gl_plain.kernel[...]), atol=1e-4)
     np.testing.assert_allclose(np.asarray(gl_ours.bias[...]), np.asarray(gl_plain.bias[...]), atol=1e-4)
+
+
+@pytest.mark.parametrize("transpose_kernel", [True, False])
+@pytest.mark.parametrize("stride,size", [(2, 8), (2, 7), (1, 6)])
+def test_transposed_conv_has_nnx_values_and_gradients_without_a_dilated_kernel_gradient(transpose_kernel, stride, size):
+    """layers.ConvTranspose (GAN decoder: transpose_kernel=True; XSeg: False) equals nnx.ConvTranspose:
+    output and the gradients of input, kernel and bias within float32 rounding (rtol 1e-5). Its
+    compiled backward has no `wrapped_convolution` (XLA:CPU's naive-loop convolution), which
+    nnx.ConvTranspose's strided kernel gradient compiles to."""
+    kw = dict(strides=stride, padding="SAME", transpose_kernel=transpose_kernel,
+              bias_init=nnx.initializers.normal(1.0))
+    ours = ConvTranspose(6, 4, (3, 3), rngs=rngs(4), **kw)
+    ref = nnx.ConvTranspose(6, 4, (3, 3), rngs=rngs(4), **kw)
+    x = jnp.asarray(rng_array((2, size, size, 6)))
+
+    def grads(layer):
+        return nnx.grad(lambda lyr, v: jnp.sum(jnp.sin(lyr(v))), argnums=(0, 1))(layer, x)
+
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(ref(x)), rtol=1e-5, atol=1e-6)
+    (g_ours, gx_ours), (g_ref, gx_ref) = grads(ours), grads(ref)
+    np.testing.assert_allclose(np.asarray(gx_ours), np.asarray(gx_ref), rtol=1e-5, atol=1e-5)
+    for name in ("kernel", "bias"):
+        np.testing.assert_allclose(np.asarray(getattr(g_ours, name)[...]), np.asarray(getattr(g_ref, name)[...]),
+                                   rtol=1e-5, atol=1e-5, err_msg=name)
+    def backward_hlo(layer):
+        graphdef, state = nnx.split(layer)
+        loss = lambda s, v: jnp.sum(nnx.merge(graphdef, s)(v))  # noqa: E731
+        return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(state, x).compile().as_text()
+
+    assert "wrapped_convolution" not in backward_hlo(ours)
+    assert stride == 1 or "wrapped_convolution" in backward_hlo(ref)  # what the check would catch
 
 
 MATMUL_SIDE = math.isqrt(MATMUL_MAX_PIXELS)  # 8: an 8x8 output map is the largest matmul'd

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from engine.models.layers import conv2d
+from engine.models.layers import ConvTranspose, conv2d
 
 GAN_SLOPE = 0.2  # leaky ReLU slope inside the patch discriminator
 CODE_SLOPE = 0.1  # and inside the code discriminator
@@ -91,10 +91,10 @@ class UNetPatchDiscriminator(nnx.Module):
         self.convs = nnx.List([conv2d(c[i], c[i + 1], 3, s, **kw) for i, s in enumerate(self.strides)])
         # Decoder, deepest level first: level i maps c_i (2·c_i after a skip concat) back to c_{i-1}.
         self.upconvs = nnx.List([
-            nnx.ConvTranspose((1 if i == n - 1 else 2) * c[i + 1], c[i], (3, 3), strides=s, padding="SAME",
-                              transpose_kernel=True, kernel_init=nnx.initializers.glorot_uniform(),
-                              bias_init=nnx.initializers.zeros_init(), dtype=dtype,
-                              param_dtype=jnp.float32, rngs=rngs)
+            ConvTranspose((1 if i == n - 1 else 2) * c[i + 1], c[i], (3, 3), strides=s, padding="SAME",
+                          transpose_kernel=True, kernel_init=nnx.initializers.glorot_uniform(),
+                          bias_init=nnx.initializers.zeros_init(), dtype=dtype,
+                          param_dtype=jnp.float32, rngs=rngs)
             for i, s in reversed(list(enumerate(self.strides)))])
         self.center_out = conv2d(c[n], 1, 1, **kw)
         self.center_conv = conv2d(c[n], c[n], 1, **kw)

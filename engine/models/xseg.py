@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from engine.models.layers import conv2d, dense, flatten_channel_major, unflatten_channel_major
+from engine.models.layers import ConvTranspose, conv2d, dense, flatten_channel_major, unflatten_channel_major
 
 LEVEL_WIDTHS = (1, 2, 4, 8, 8, 8)  # channels per encoder level, in units of base
 LEVEL_CONVS = (2, 2, 2, 3, 3, 3)
@@ -89,10 +89,10 @@ class ConvBlock(nnx.Module):
 
 class UpConvBlock(nnx.Module):
     def __init__(self, in_ch: int, out_ch: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.conv = nnx.ConvTranspose(in_ch, out_ch, (3, 3), strides=(2, 2), padding="SAME",
-                                      kernel_init=nnx.initializers.glorot_uniform(),
-                                      bias_init=nnx.initializers.zeros_init(), dtype=dtype,
-                                      param_dtype=jnp.float32, rngs=rngs)
+        self.conv = ConvTranspose(in_ch, out_ch, (3, 3), strides=(2, 2), padding="SAME",
+                                  kernel_init=nnx.initializers.glorot_uniform(),
+                                  bias_init=nnx.initializers.zeros_init(), dtype=dtype,
+                                  param_dtype=jnp.float32, rngs=rngs)
         self.frn = FRN(out_ch)
 
     def __call__(self, x: jax.Array) -> jax.Array:
