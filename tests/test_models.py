@@ -273,6 +273,12 @@ def test_transposed_conv_has_nnx_values_and_gradients_without_a_dilated_kernel_g
     assert stride == 1 or "wrapped_convolution" in backward_hlo(ref)  # what the check would catch
 
 
+@pytest.mark.parametrize("setting", [{"padding": "VALID"}, {"kernel_dilation": 2}, {"use_bias": False}])
+def test_transposed_conv_refuses_settings_its_gradient_does_not_cover(setting):
+    with pytest.raises(ValueError, match="SAME padding, no kernel dilation, no mask and a bias"):
+        ConvTranspose(4, 3, (3, 3), strides=2, **{"padding": "SAME", **setting}, rngs=rngs(5))
+
+
 MATMUL_SIDE = math.isqrt(MATMUL_MAX_PIXELS)  # 8: an 8x8 output map is the largest matmul'd
 
 

@@ -104,9 +104,9 @@ def _same_conv(u: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax
 def conv_transpose_same(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
     """lax.conv_transpose(x, kernel, strides, "SAME", transpose_kernel=True), kernel [k,k,out,in]:
     the adjoint of the "SAME" strided conv u -> conv(u, kernel). Its gradients are that conv
-    (for x) and that conv's kernel gradient (for the kernel): XLA:CPU runs the transposed conv's
-    own kernel gradient (an rhs-dilated convolution) as a naive loop, 40 ms against about 1 ms for
-    a 32->64 channel 3x3 stride-2 layer on 8x32x32 (benchmarks/RESULTS.md, 2026-11-27)."""
+    (for x) and that conv's kernel gradient (for the kernel), which compile to fast kernels. XLA:CPU
+    runs the transposed conv's own kernel gradient as a naive loop: 58 of the 67 ms of the GAN
+    discriminator's forward and backward at batch 8, 64 px (benchmarks/RESULTS.md, 2026-11-27)."""
     return lax.conv_transpose(x, kernel, strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
                               transpose_kernel=True)
 
@@ -127,6 +127,12 @@ conv_transpose_same.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
 class ConvTranspose(nnx.ConvTranspose):
     """nnx.ConvTranspose ("SAME" padding, undilated, with bias) through `conv_transpose_same`, for
     its fast gradient; same parameters and, up to float rounding, the same values (tested)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if (self.padding != "SAME" or self.kernel_dilation not in (None, 1, (1, 1)) or self.mask is not None
+                or self.bias is None):
+            raise ValueError("layers.ConvTranspose takes SAME padding, no kernel dilation, no mask and a bias")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...].astype(self.dtype)
