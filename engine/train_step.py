@@ -277,9 +277,11 @@ def _guarded_update(tx: optax.GradientTransformation, finite: jax.Array, report:
         return new_params, new_opt, ({"update_norm": _global_norm(updates), "param_norm": _global_norm(new_params)}
                                      if norms else not_computed)
 
+    branches = [keep, functools.partial(update, norms=False)]
+    if report is not False:  # a critic's update never reports: no norms branch to compile
+        branches.append(functools.partial(update, norms=True))
     branch = jnp.where(finite, 1 + jnp.asarray(report, jnp.int32), 0)
-    return jax.lax.switch(branch, [keep, functools.partial(update, norms=False), functools.partial(update, norms=True)],
-                          params, opt_state, grads)
+    return jax.lax.switch(branch, branches, params, opt_state, grads)
 
 
 def _is_fsdp(mesh: jax.sharding.Mesh | None) -> bool:

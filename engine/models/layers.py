@@ -96,8 +96,11 @@ class Conv(nnx.Conv):
         return y + self.bias[...].astype(self.dtype)
 
 
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
 def _same_conv(u: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
-    return lax.conv_general_dilated(u, kernel, strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return lax.conv_general_dilated(u, kernel, strides, "SAME", dimension_numbers=_NHWC)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -107,8 +110,7 @@ def conv_transpose_same(x: jax.Array, kernel: jax.Array, strides: tuple[int, int
     (for x) and that conv's kernel gradient (for the kernel), which compile to fast kernels. XLA:CPU
     runs the transposed conv's own kernel gradient as a naive loop: 58 of the 67 ms of the GAN
     discriminator's forward and backward at batch 8, 64 px (benchmarks/RESULTS.md, 2026-11-27)."""
-    return lax.conv_transpose(x, kernel, strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                              transpose_kernel=True)
+    return lax.conv_transpose(x, kernel, strides, "SAME", dimension_numbers=_NHWC, transpose_kernel=True)
 
 
 def _conv_transpose_fwd(x, kernel, strides):
